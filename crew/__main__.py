@@ -1,0 +1,5 @@
+"""`python -m crew`."""
+
+from crew.cli.main import run
+
+run()

@@ -1,0 +1,1 @@
+"""The `crew` command line. Modules here import heavy libraries inside functions only."""

@@ -1,0 +1,80 @@
+"""What every command shares: global options, settings loading, error translation.
+
+Errors from anywhere below arrive as crew.domain.errors.CrewError subclasses carrying
+their exit code; this module turns them into one readable paragraph on stderr, with a
+traceback only under `-v`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import typer
+
+from crew.domain.errors import CrewError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(slots=True)
+class CliState:
+    env_file: Path | None = None
+    verbose: bool = False
+
+
+def state(ctx: typer.Context) -> CliState:
+    root = ctx.find_root()
+    if not isinstance(root.obj, CliState):
+        root.obj = CliState()
+    return root.obj
+
+
+def load_cli_settings(ctx: typer.Context, overrides: Mapping[str, Any] | None = None) -> Any:
+    """Settings with CLI flags (as variable name -> value) on top of everything else."""
+    from crew.settings import load_settings
+
+    return load_settings(env_file=state(ctx).env_file, overrides=overrides)
+
+
+def err_console_print(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def use_color(stream: Any = None) -> bool:
+    stream = stream or sys.stdout
+    return stream.isatty() and not os.environ.get("NO_COLOR")
+
+
+def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Run a command, translating CrewError and Ctrl-C into exit codes (DESIGN §2)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        verbose = _verbose_from(args, kwargs)
+        try:
+            return func(*args, **kwargs)
+        except CrewError as error:
+            if verbose:
+                traceback.print_exc()
+            err_console_print(f"error: {error}")
+            raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            err_console_print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _verbose_from(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bool:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, typer.Context):
+            return state(value).verbose
+    return False

@@ -1,0 +1,1 @@
+"""Pure-Python domain: plans, statuses, events, errors. Imports nothing else of crew."""
