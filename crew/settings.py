@@ -229,7 +229,12 @@ def load_settings(
     merged: dict[str, str] = dict(file_values)
     merged.update(os.environ if environ is None else environ)
     for name, value in (overrides or {}).items():
-        if value is not None:
+        if value is None:
+            continue
+        if isinstance(value, list | tuple):
+            # A repeatable CLI option arrives as a sequence; list settings are comma lists.
+            merged[name] = ",".join(str(item) for item in value)
+        else:
             merged[name] = str(value)
     return settings_from_values(merged)
 
@@ -246,9 +251,7 @@ def settings_from_values(values: Mapping[str, str]) -> Settings:
             temperature=r.optional(
                 f"{role.upper()}_TEMPERATURE", _temperature, "a number from 0 to 2"
             ),
-            max_tokens=r.optional(
-                f"{role.upper()}_MAX_TOKENS", _positive_int, "an integer >= 1"
-            ),
+            max_tokens=r.optional(f"{role.upper()}_MAX_TOKENS", _positive_int, "an integer >= 1"),
         )
         for role in ROLE_NAMES
     }
@@ -264,9 +267,10 @@ def settings_from_values(values: Mapping[str, str]) -> Settings:
         llm_default_provider=r.choice("LLM_DEFAULT_PROVIDER", PROVIDER_NAMES, "offline"),
         llm_default_model=r.raw("LLM_DEFAULT_MODEL"),
         llm_fallback_order=r.get(
-            "LLM_FALLBACK_ORDER", _provider_list, (), "a comma-separated list of " + ", ".join(
-                PROVIDER_NAMES
-            )
+            "LLM_FALLBACK_ORDER",
+            _provider_list,
+            (),
+            "a comma-separated list of " + ", ".join(PROVIDER_NAMES),
         ),
         llm_timeout_s=r.get("LLM_TIMEOUT_S", _positive_float, 120.0, "seconds > 0"),
         llm_default_temperature=r.get(
@@ -278,22 +282,16 @@ def settings_from_values(values: Mapping[str, str]) -> Settings:
         roles=roles,
         ollama_base_url=(r.raw("OLLAMA_BASE_URL") or "http://localhost:11434").rstrip("/"),
         ollama_fallback_model=r.raw("OLLAMA_FALLBACK_MODEL"),
-        ollama_max_concurrency=r.get(
-            "OLLAMA_MAX_CONCURRENCY", _positive_int, 2, "an integer >= 1"
-        ),
+        ollama_max_concurrency=r.get("OLLAMA_MAX_CONCURRENCY", _positive_int, 2, "an integer >= 1"),
         openai_api_key=r.raw("OPENAI_API_KEY"),
         openai_base_url=(r.raw("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/"),
         openai_max_retries=r.get("OPENAI_MAX_RETRIES", _non_negative_int, 3, "an integer >= 0"),
         openai_backoff_base_ms=r.get(
             "OPENAI_BACKOFF_BASE_MS", _non_negative_int, 500, "an integer >= 0 (milliseconds)"
         ),
-        openai_backoff_factor=r.get(
-            "OPENAI_BACKOFF_FACTOR", _positive_float, 2.0, "a number > 0"
-        ),
+        openai_backoff_factor=r.get("OPENAI_BACKOFF_FACTOR", _positive_float, 2.0, "a number > 0"),
         openai_fallback_model=r.raw("OPENAI_FALLBACK_MODEL"),
-        openai_max_concurrency=r.get(
-            "OPENAI_MAX_CONCURRENCY", _positive_int, 8, "an integer >= 1"
-        ),
+        openai_max_concurrency=r.get("OPENAI_MAX_CONCURRENCY", _positive_int, 8, "an integer >= 1"),
         openai_prompt_prices=prompt_prices,
         openai_completion_prices=completion_prices,
         max_concurrency=r.get("MAX_CONCURRENCY", _positive_int, 4, "an integer >= 1"),

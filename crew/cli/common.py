@@ -11,14 +11,14 @@ import functools
 import os
 import sys
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import typer
 
-from crew.domain.errors import CrewError
+from crew.domain.errors import CrewError, InterruptedRunError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -69,6 +69,15 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
         except KeyboardInterrupt:
             err_console_print("interrupted")
             raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as error:  # a bug: say so plainly, keep the traceback for -v
+            if verbose:
+                traceback.print_exc()
+            err_console_print(
+                f"internal error: {error.__class__.__name__}: {error} (run with -v for details)"
+            )
+            raise typer.Exit(1) from None
 
     return wrapper
 
@@ -78,3 +87,29 @@ def _verbose_from(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bool:
         if isinstance(value, typer.Context):
             return state(value).verbose
     return False
+
+
+def run_async(main: Callable[[], Awaitable[R]]) -> R:
+    """Run a command's coroutine; SIGTERM cancels it like Ctrl-C does.
+
+    Cancellation reaches the engine as CancelledError, which leaves a run `interrupted`
+    and resumable before the process exits 130.
+    """
+    # Imported here, not at the top: asyncio costs ~15 ms, a tenth of `crew --help`.
+    import asyncio
+    import contextlib
+    import signal
+
+    async def runner() -> R:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        if task is not None:
+            # not possible outside the main thread or on platforms without signals
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        return await main()
+
+    try:
+        return asyncio.run(runner())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        raise InterruptedRunError("interrupted") from None

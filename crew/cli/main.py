@@ -52,9 +52,12 @@ def main(
 
 
 def _register() -> None:
-    from crew.cli import db, plan
+    from crew.cli import db, events, plan, run, runs
 
     plan.register(app)
+    run.register(app)
+    runs.register(app)
+    events.register(app)
     db.register(app)
 
 
@@ -63,4 +66,8 @@ _register()
 
 def run() -> None:
     """Console-script entry point."""
-    app()
+    import sys
+
+    from crew.cli.run import normalize_argv
+
+    app(args=normalize_argv(sys.argv[1:]), prog_name="crew")

@@ -125,9 +125,17 @@ class Plan:
 def topological_order(nodes: Sequence[PlanNode]) -> list[str]:
     """Keys in dependency order; among ready nodes, file order wins.
 
-    Raises PlanValidationError showing one cycle when the graph is not a DAG.
+    Raises PlanValidationError naming the node when a dependency is unknown, and
+    showing one cycle when the graph is not a DAG.
     """
     index = {n.id: i for i, n in enumerate(nodes)}
+    unknown = [
+        f"node {n.id!r}: unknown dependency {d!r}" for n in nodes for d in n.deps if d not in index
+    ]
+    if unknown:
+        # Callers outside parse_plan (the engine, resume) may hand us hand-built nodes;
+        # a clear error beats the KeyError the graph walk below would raise.
+        raise PlanValidationError("invalid plan", problems=unknown)
     remaining = {n.id: len(set(n.deps)) for n in nodes}
     dependents: dict[str, list[str]] = {n.id: [] for n in nodes}
     for n in nodes:
@@ -155,7 +163,11 @@ def topological_order(nodes: Sequence[PlanNode]) -> list[str]:
 
 
 def find_cycle(nodes: Sequence[PlanNode]) -> list[str]:
-    """One cycle among `nodes`, as a path that returns to its start (a, b, a)."""
+    """One cycle among `nodes`, as a path that returns to its start (a, b, a); [] if none.
+
+    Dependencies on keys outside `nodes` are ignored, so this can be run on the part
+    of a graph a topological sort could not place.
+    """
     deps = {n.id: [d for d in n.deps if d != n.id] for n in nodes}
     for n in nodes:
         if n.id in n.deps:
@@ -182,7 +194,7 @@ def find_cycle(nodes: Sequence[PlanNode]) -> list[str]:
             else:
                 color[key] = 2
                 path.pop()
-    raise AssertionError("find_cycle called on an acyclic graph")
+    return []
 
 
 def parse_plan(
@@ -272,7 +284,8 @@ def _parse_node(
     if isinstance(key, int) and not isinstance(key, bool):
         key = str(key)
     if not isinstance(key, str) or not key:
-        problems.append(f"node #{position}: missing string 'id'")
+        what = "empty 'id'" if key == "" else "missing string 'id'"
+        problems.append(f"node #{position}: {what}")
         return None
     name = f"node {key!r}"
     before = len(problems)
@@ -290,8 +303,13 @@ def _parse_node(
     if role is not None and (not isinstance(role, str) or not role.strip()):
         problems.append(f"{name}: 'suggested_agent_role' must be a non-empty string")
         role = None
-    deps = [str(d) if isinstance(d, int) else d for d in _as_list(raw.get("deps"))]
-    if any(not isinstance(d, str) for d in deps):
+    # Integer ids are read as strings (as for 'id'); booleans are not ids.
+    raw_deps = [
+        str(d) if isinstance(d, int) and not isinstance(d, bool) else d
+        for d in _as_list(raw.get("deps"))
+    ]
+    deps = [d for d in raw_deps if isinstance(d, str)]
+    if len(deps) != len(raw_deps):
         problems.append(f"{name}: 'deps' must be a list of node ids")
         deps = []
     if len(set(deps)) != len(deps):
@@ -305,9 +323,7 @@ def _parse_node(
         acceptance=tuple(_string_list(raw.get("acceptance"), f"{name} 'acceptance'", problems)),
         deps=tuple(deps),
         risks=tuple(_string_list(raw.get("risks"), f"{name} 'risks'", problems)),
-        assumptions=tuple(
-            _string_list(raw.get("assumptions"), f"{name} 'assumptions'", problems)
-        ),
+        assumptions=tuple(_string_list(raw.get("assumptions"), f"{name} 'assumptions'", problems)),
         notes=tuple(_string_list(raw.get("notes"), f"{name} 'notes'", problems)),
         llm=llm,
     )
@@ -339,6 +355,9 @@ def _parse_llm(
         problems.append(f"{name}: 'llm' must be an object")
         return None
     provider = value.get("provider")
+    if isinstance(provider, str):
+        # Settings accept provider names in any case; a plan file should too.
+        provider = provider.strip().lower()
     if provider is not None and provider not in providers:
         problems.append(
             f"{name}: unknown llm provider {provider!r} (accepted: {', '.join(sorted(providers))})"

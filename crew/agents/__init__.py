@@ -1,0 +1,1 @@
+"""Agents: supervisor, manager, executors, roles, and their prompt templates."""

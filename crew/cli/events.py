@@ -1,0 +1,105 @@
+"""`crew events tail`: print a run's events and follow them until the run ends.
+
+Following polls the database with a keyset cursor (events after the last id seen), so
+it works the same whether the run executes in this process, another one, or a server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Annotated
+
+import typer
+
+from crew.cli.common import handle_errors, load_cli_settings, run_async
+from crew.domain.errors import NotFoundError
+
+events_app = typer.Typer(help="Read a run's events.", no_args_is_help=True)
+
+POLL_INTERVAL_S = 0.25
+STALE_CHECK_EVERY = 20
+"""Polls between checks for a run whose process died (about every 5 s)."""
+EXIT_BY_STATUS = {"completed": 0, "failed": 1, "canceled": 1, "interrupted": 130}
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(events_app, name="events")
+
+
+@events_app.command("tail")
+@handle_errors
+def tail(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(help="Run id or a unique prefix.")],
+    json_output: Annotated[
+        bool, typer.Option("--json", help="One JSON object per line on stdout.")
+    ] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow/--no-follow", help="Keep following until the run ends.")
+    ] = True,
+    since: Annotated[
+        int | None, typer.Option("--since", help="Only events after this event id.")
+    ] = None,
+) -> None:
+    """Print a run's events; follow new ones until the run ends."""
+    settings = load_cli_settings(ctx)
+
+    async def main() -> str:
+        from crew.cli.event_lines import event_json, event_line
+        from crew.domain.status import RunStatus
+        from crew.engine.service import interrupt_stale_runs
+        from crew.store.database import open_repository
+
+        async with open_repository(settings) as repo:
+            target = await repo.resolve_run_id(run_id)
+            cursor = since
+            polls = 0
+            while True:
+                if polls % STALE_CHECK_EVERY == 0:
+                    await interrupt_stale_runs(repo)
+                polls += 1
+                run = await repo.get_run(target)
+                if run is None:
+                    raise NotFoundError(f"run {target} was deleted")
+                events = await repo.list_events(target, after_id=cursor, limit=500)
+                for event in events:
+                    if json_output:
+                        line = event_json(
+                            event_id=event.id,
+                            run_id=event.run_id,
+                            timestamp=event.timestamp,
+                            type=event.type,
+                            level=event.level,
+                            message=event.message,
+                            payload=event.payload,
+                            node_key=event.node_key,
+                            request_id=event.request_id,
+                        )
+                    else:
+                        line = event_line(
+                            event_id=event.id,
+                            timestamp=event.timestamp,
+                            type=event.type,
+                            level=event.level,
+                            message=event.message,
+                            node_key=event.node_key,
+                        )
+                    print(line, flush=True)
+                    cursor = event.id
+                if len(events) == 500:
+                    continue  # more are waiting: drain before deciding anything
+                status: str = run.status
+                # The status was read before the events: once it is terminal, everything
+                # up to it has been printed.
+                if not follow or RunStatus(status).is_terminal:
+                    return status
+                await asyncio.sleep(POLL_INTERVAL_S)
+
+    status = run_async(main)
+    if not follow and status in ("queued", "running"):
+        raise typer.Exit(0)
+    code = EXIT_BY_STATUS.get(status, 0)
+    if code and not json_output:
+        print(f"run {status}", file=sys.stderr)
+    raise typer.Exit(code)

@@ -1,0 +1,147 @@
+"""`crew plan`: run the supervisor only and print the validated plan.
+
+`--json` prints exactly the plan file format, so `crew plan --json > plan.json` feeds
+`crew run --task-file plan.json`. Only the LLM layer and the domain are imported: no
+database, no HTTP server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from crew.cli.common import err_console_print, handle_errors, load_cli_settings, use_color
+from crew.domain.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from crew.agents.supervisor import Goal, SupervisorResult
+    from crew.settings import Settings
+
+
+class PlanFormat(StrEnum):
+    TABLE = "table"
+    TREE = "tree"
+    JSON = "json"
+    MERMAID = "mermaid"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plan")(plan_command)
+
+
+@handle_errors
+def plan_command(
+    ctx: typer.Context,
+    title: Annotated[str, typer.Option("--title", "-t", help="The goal's title.")],
+    description: Annotated[
+        str | None, typer.Option("--description", "-d", help="What the deliverable is about.")
+    ] = None,
+    acceptance: Annotated[
+        list[str] | None,
+        typer.Option("--acceptance", "-a", help="An acceptance criterion (repeatable)."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the plan file format (same as --format json).")
+    ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Also write the plan file (JSON) here.", dir_okay=False),
+    ] = None,
+    fmt: Annotated[
+        PlanFormat | None,
+        typer.Option("--format", "-f", help="Output format (default: table)."),
+    ] = None,
+    supervisor_provider: Annotated[
+        str | None,
+        typer.Option(
+            "--supervisor-provider",
+            envvar="SUPERVISOR_PROVIDER",
+            help="LLM provider of the supervisor (offline, ollama, openai).",
+        ),
+    ] = None,
+    supervisor_model: Annotated[
+        str | None,
+        typer.Option("--supervisor-model", envvar="SUPERVISOR_MODEL", help="Supervisor model."),
+    ] = None,
+    language: Annotated[
+        str | None,
+        typer.Option("--language", envvar="CREW_LANGUAGE", help="Prompt language (fr, en)."),
+    ] = None,
+) -> None:
+    """Plan a goal with the supervisor and print the validated plan (no run)."""
+    settings = load_cli_settings(
+        ctx,
+        {
+            "SUPERVISOR_PROVIDER": supervisor_provider,
+            "SUPERVISOR_MODEL": supervisor_model,
+            "CREW_LANGUAGE": language,
+        },
+    )
+    if not title.strip():
+        raise InvalidInputError("--title must not be empty")
+    if as_json and fmt not in (None, PlanFormat.JSON):
+        raise InvalidInputError(f"--json conflicts with --format {fmt}")
+    chosen = PlanFormat.JSON if as_json else (fmt or PlanFormat.TABLE)
+
+    import asyncio
+
+    from crew.agents.supervisor import Goal
+
+    goal = Goal(
+        title=title.strip(),
+        description=description.strip() if description and description.strip() else None,
+        acceptance=tuple(a.strip() for a in acceptance or () if a.strip()),
+    )
+    result = asyncio.run(_plan(settings, goal))
+    call = result.calls[-1]
+    err_console_print(
+        f"plan: {len(result.plan.nodes)} nodes in {result.attempts} attempt(s) "
+        f"({call.provider}/{call.model})"
+    )
+    document = json.dumps(result.plan.to_dict(), ensure_ascii=False, indent=2) + "\n"
+    if out is not None:
+        write_atomic(out, document)
+        err_console_print(f"plan written to {out}")
+    if chosen is PlanFormat.JSON:
+        sys.stdout.write(document)
+        sys.stdout.flush()
+        return
+    from crew.cli.render import print_plan
+
+    print_plan(result.plan, chosen.value, color=use_color())
+
+
+async def _plan(settings: Settings, goal: Goal) -> SupervisorResult:
+    from crew.agents.supervisor import Supervisor
+    from crew.llm.client import LLMClient
+    from crew.llm.registry import ProviderRegistry
+
+    registry = ProviderRegistry(settings)
+    try:
+        return await Supervisor(LLMClient(settings, registry), settings).plan(goal)
+    finally:
+        await registry.aclose()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder, then rename over `path`."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise InvalidInputError(f"--out: folder does not exist: {folder}")
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise

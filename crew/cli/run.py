@@ -1,0 +1,319 @@
+"""`crew run`: run a plan file, or plan with the supervisor and run, or resume a run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from crew.cli.common import handle_errors, load_cli_settings, run_async, use_color
+from crew.domain.errors import InvalidInputError
+from crew.domain.providers import PROVIDER_NAMES
+
+if TYPE_CHECKING:
+    from crew.domain.plan import Plan
+    from crew.engine.journal import EngineEvent
+    from crew.settings import Settings
+
+EXIT_BY_STATUS = {"completed": 0, "failed": 1, "interrupted": 130, "canceled": 1}
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run", no_args_is_help=False)(run_command)
+
+
+def normalize_argv(argv: list[str]) -> list[str]:
+    """Accept the prototype's `--run-id ID --resume` spelling as `--resume ID`."""
+    if "--resume" not in argv or "--run-id" not in argv:
+        return argv
+    index = argv.index("--resume")
+    following = argv[index + 1] if index + 1 < len(argv) else None
+    if following is not None and not following.startswith("-"):
+        return argv
+    run_index = argv.index("--run-id")
+    if run_index + 1 >= len(argv):
+        return argv
+    run_id = argv[run_index + 1]
+    rest = [a for i, a in enumerate(argv) if i not in (index, run_index, run_index + 1)]
+    return [*rest, "--resume", run_id]
+
+
+@handle_errors
+def run_command(
+    ctx: typer.Context,
+    task_file: Annotated[
+        str | None, typer.Option("--task-file", help="Plan file to run ('-' reads stdin).")
+    ] = None,
+    use_supervisor: Annotated[
+        bool, typer.Option("--use-supervisor", help="Plan with the supervisor, then run.")
+    ] = False,
+    title: Annotated[
+        str, typer.Option("--title", help="The goal's title (with --use-supervisor).")
+    ] = "Rapport 80p",
+    description: Annotated[
+        str | None, typer.Option("--description", help="The goal's description.")
+    ] = None,
+    acceptance: Annotated[
+        list[str] | None,
+        typer.Option("--acceptance", help="An acceptance criterion (repeatable)."),
+    ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option("--resume", help="Continue an interrupted or failed run (id or prefix)."),
+    ] = None,
+    run_id: Annotated[
+        str | None, typer.Option("--run-id", help="Id for the new run (letters, digits, . _ -).")
+    ] = None,
+    override: Annotated[
+        list[str] | None,
+        typer.Option("--override", help="Force this node to run again on resume (repeatable)."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate and store the run; call no LLM.")
+    ] = False,
+    max_concurrency: Annotated[
+        int | None,
+        typer.Option("--max-concurrency", help="Nodes running at once. [env: MAX_CONCURRENCY]"),
+    ] = None,
+    retries: Annotated[
+        int | None,
+        typer.Option("--retries", help="Retries of a failing node. [env: NODE_RETRIES]"),
+    ] = None,
+    node_timeout: Annotated[
+        float | None,
+        typer.Option("--node-timeout", help="Seconds a node may take. [env: NODE_TIMEOUT_S]"),
+    ] = None,
+    executor_provider: Annotated[
+        str | None,
+        typer.Option(
+            "--executor-provider",
+            help="Provider for executors: "
+            + ", ".join(PROVIDER_NAMES)
+            + ". [env: EXECUTOR_PROVIDER]",
+        ),
+    ] = None,
+    executor_model: Annotated[
+        str | None,
+        typer.Option("--executor-model", help="Model for executors. [env: EXECUTOR_MODEL]"),
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON summary object on stdout.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Run a plan (--task-file), plan and run (--use-supervisor), or resume (--resume)."""
+    sources = [task_file is not None, use_supervisor, resume is not None]
+    if sum(sources) != 1:
+        raise InvalidInputError(
+            "give exactly one of --task-file FILE (or - for stdin), --use-supervisor, "
+            "or --resume RUN_ID"
+        )
+    if resume is not None and (run_id is not None or dry_run):
+        raise InvalidInputError("--run-id and --dry-run apply to new runs, not to --resume")
+    if override and resume is None:
+        raise InvalidInputError("--override KEY only applies with --resume RUN_ID")
+    if executor_provider is not None and executor_provider not in PROVIDER_NAMES:
+        raise InvalidInputError(
+            f"--executor-provider {executor_provider!r} is unknown "
+            f"(accepted: {', '.join(PROVIDER_NAMES)})"
+        )
+    settings = load_cli_settings(
+        ctx,
+        overrides={
+            "MAX_CONCURRENCY": max_concurrency,
+            "NODE_RETRIES": retries,
+            "NODE_TIMEOUT_S": node_timeout,
+        },
+    )
+    plan = _read_plan_file(task_file) if task_file is not None else None
+    executor_llm = {
+        k: v for k, v in (("provider", executor_provider), ("model", executor_model)) if v
+    }
+    changes: dict[str, Any] = {
+        "max_concurrency": max_concurrency,
+        "retries": retries,
+        "node_timeout_s": node_timeout,
+    }
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if executor_llm:
+        changes["llm"] = {"executor": executor_llm}
+
+    from crew.agents.goal import Goal
+
+    goal = Goal(title=title, description=description, acceptance=tuple(acceptance or ()))
+    view = _Progress(quiet=quiet or False, json_output=json_output)
+
+    async def main() -> dict[str, Any]:
+        from crew.engine.options import RunOptions
+        from crew.engine.service import SupervisorCalls, create_run, execute_run
+        from crew.llm.client import LLMClient
+        from crew.llm.registry import ProviderRegistry
+        from crew.store.database import open_repository
+
+        registry = ProviderRegistry(settings)
+        client = LLMClient(settings, registry)
+        try:
+            async with open_repository(settings) as repo:
+                if resume is not None:
+                    target = await repo.resolve_run_id(resume)
+                    outcome = await execute_run(
+                        repo,
+                        settings,
+                        client,
+                        target,
+                        resume=True,
+                        overrides=tuple(override or ()),
+                        option_changes=changes,
+                        listeners=view.listeners(),
+                    )
+                    if outcome.already_completed:
+                        view.say(f"run {target} is already completed; nothing to do")
+                    return outcome.summary
+                supervisor = None
+                the_plan = plan
+                if the_plan is None:
+                    from crew.agents.supervisor import Supervisor
+
+                    view.say(f"planning {goal.title!r} with the supervisor…")
+                    result = await Supervisor(client, settings).plan(goal)
+                    the_plan = result.plan
+                    supervisor = SupervisorCalls(calls=list(result.calls))
+                options = RunOptions.from_settings(
+                    settings, dry_run=dry_run, use_supervisor=use_supervisor, **changes
+                )
+                if dry_run:
+                    view.preview(settings, client, the_plan, options, supervisor is not None)
+                new_id = await create_run(repo, settings, the_plan, options=options, run_id=run_id)
+                view.start(the_plan.title)
+                outcome = await execute_run(
+                    repo,
+                    settings,
+                    client,
+                    new_id,
+                    supervisor=supervisor,
+                    listeners=view.listeners(),
+                )
+                return outcome.summary
+        finally:
+            view.stop()
+            await registry.aclose()
+
+    summary = run_async(main)
+    view.finish(summary)
+    raise typer.Exit(EXIT_BY_STATUS.get(summary["status"], 1))
+
+
+def _read_plan_file(task_file: str) -> Plan:
+    from crew.domain.plan import parse_plan
+
+    if task_file == "-":
+        text = sys.stdin.read()
+        source = "stdin"
+    else:
+        path = Path(task_file)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InvalidInputError(f"plan file not found: {task_file}") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise InvalidInputError(f"cannot read plan file {task_file}: {error}") from None
+        source = task_file
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InvalidInputError(
+            f"{source} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}"
+        ) from None
+    return parse_plan(data)
+
+
+class _Progress:
+    """Where progress goes: a live table on a terminal, plain lines otherwise."""
+
+    def __init__(self, *, quiet: bool, json_output: bool) -> None:
+        self.quiet = quiet
+        self.json_output = json_output
+        self.live: Any = None
+        self.tty = sys.stderr.isatty() and use_color(sys.stderr)
+        self.preview_data: dict[str, Any] | None = None
+
+    def say(self, message: str) -> None:
+        if not self.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    def start(self, title: str) -> None:
+        if self.quiet or not self.tty:
+            return
+        from crew.cli.live import LiveView
+
+        self.live = LiveView(title)
+
+    def listeners(self) -> list[Any]:
+        if self.quiet:
+            return []
+        if self.live is not None:
+            return [self.live.listener]
+        return [self._print_event]
+
+    def _print_event(self, event: EngineEvent) -> None:
+        from crew.cli.event_lines import event_line
+
+        print(
+            event_line(
+                event_id=event.id,
+                timestamp=event.timestamp,
+                type=event.type.value,
+                level=event.level.value,
+                message=event.message,
+                node_key=event.node_key,
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def preview(
+        self, settings: Settings, client: Any, plan: Plan, options: Any, planned: bool
+    ) -> None:
+        from crew.engine.preview import preview_plan
+
+        self.preview_data = preview_plan(settings, plan, options, supervisor_called=planned)
+        if self.json_output or self.quiet:
+            return
+        lines = ["dry run: nothing will be called; this is what would run:"]
+        for node in self.preview_data["nodes"]:
+            lines.append(
+                f"  {node['key']:<16} {node['type']:<9} {node['role'] or '(manager assigns)':<18} "
+                f"{node['provider']}/{node['model'] or 'default'}  {node['title']}"
+            )
+        lines.append(f"  LLM calls that would be made: {self.preview_data['llm_calls']}")
+        print("\n".join(lines), file=sys.stderr, flush=True)
+
+    def stop(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        if self.preview_data is not None:
+            summary = {**summary, "dry_run": True, "preview": self.preview_data}
+        if self.json_output:
+            print(json.dumps(summary, ensure_ascii=False))
+            return
+        if self.quiet:
+            return
+        nodes = summary.get("nodes", {})
+        cost = summary.get("cost_usd")
+        lines = [
+            f"run {summary['run_id']} {summary['status']}: "
+            f"{nodes.get('completed', 0)}/{nodes.get('total', 0)} nodes completed, "
+            f"{nodes.get('failed', 0)} failed, {nodes.get('skipped', 0)} skipped",
+            f"tokens: {summary.get('input_tokens', 0)} in / {summary.get('output_tokens', 0)} out"
+            f"; cost: {'unknown' if cost is None else f'${cost:.4f}'}"
+            f"; {summary.get('duration_ms', 0) / 1000:.1f}s",
+        ]
+        for path in summary.get("final", []):
+            lines.append(f"deliverable: {path}")
+        print("\n".join(lines))

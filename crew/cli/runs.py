@@ -1,0 +1,173 @@
+"""`crew runs list` and `crew runs show`: what has run, and what it produced."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from crew.cli.common import handle_errors, load_cli_settings, run_async
+from crew.domain.errors import InvalidInputError
+from crew.domain.status import RunStatus
+
+runs_app = typer.Typer(help="Inspect runs.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(runs_app, name="runs")
+
+
+@runs_app.command("list")
+@handle_errors
+def list_runs(
+    ctx: typer.Context,
+    status: Annotated[
+        str | None,
+        typer.Option("--status", help="Only runs with this status."),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many runs.")] = 20,
+    json_output: Annotated[bool, typer.Option("--json", help="A JSON array on stdout.")] = False,
+) -> None:
+    """List runs, newest first."""
+    if status is not None and status not in {s.value for s in RunStatus}:
+        raise InvalidInputError(
+            f"--status {status!r} is unknown (accepted: {', '.join(s.value for s in RunStatus)})"
+        )
+    if limit < 1:
+        raise InvalidInputError("--limit must be at least 1")
+    settings = load_cli_settings(ctx)
+
+    async def main() -> list[dict[str, Any]]:
+        from crew.engine.service import interrupt_stale_runs
+        from crew.engine.views import run_list_item
+        from crew.store.database import open_repository
+
+        async with open_repository(settings) as repo:
+            await interrupt_stale_runs(repo)
+            runs = await repo.list_runs(status=status, limit=limit)
+            counts = await repo.node_counts([r.id for r in runs])
+            return [run_list_item(r, counts.get(r.id, {})) for r in runs]
+
+    items = run_async(main)
+    if json_output:
+        print(json.dumps(items, ensure_ascii=False))
+        return
+    if not items:
+        typer.echo("no runs yet", err=True)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for column in ("id", "status", "title", "nodes", "tokens", "cost", "created"):
+        table.add_column(column)
+    for item in items:
+        nodes = item["nodes"]
+        cost = item["cost_usd"]
+        table.add_row(
+            item["id"],
+            item["status"],
+            item["title"],
+            f"{nodes['completed']}/{nodes['total']}",
+            str(item["input_tokens"] + item["output_tokens"]),
+            "unknown" if cost is None else f"${cost:.4f}",
+            item["created_at"][:19].replace("T", " "),
+        )
+    Console(no_color=None).print(table)
+
+
+@runs_app.command("show")
+@handle_errors
+def show_run(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(help="Run id or a unique prefix.")],
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+) -> None:
+    """Show a run, its nodes, artifacts and totals."""
+    settings = load_cli_settings(ctx)
+
+    async def main() -> dict[str, Any]:
+        from crew.engine.service import interrupt_stale_runs
+        from crew.engine.views import jsonable, run_cost
+        from crew.store.database import open_repository
+
+        async with open_repository(settings) as repo:
+            await interrupt_stale_runs(repo)
+            target = await repo.resolve_run_id(run_id)
+            run = await repo.get_run(target)
+            nodes = await repo.list_nodes(target)
+            artifacts = await repo.list_artifacts(run_id=target)
+            keys = {n.id: n.key for n in nodes}
+            data = jsonable(run)
+            data["cost_usd"] = run_cost(run)
+            data["nodes"] = [
+                {k: v for k, v in jsonable(n).items() if k not in {"spec", "run_id"}} for n in nodes
+            ]
+            data["artifacts"] = [
+                {
+                    **{k: v for k, v in jsonable(a).items() if k not in {"content", "run_id"}},
+                    "node_key": keys.get(a.node_id or ""),
+                }
+                for a in artifacts
+            ]
+            return data
+
+    data = run_async(main)
+    if json_output:
+        print(json.dumps(data, ensure_ascii=False))
+        return
+    _print_run(data, settings)
+
+
+def _print_run(data: dict[str, Any], settings: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    cost = data["cost_usd"]
+    console.print(f"[bold]{data['title']}[/]  ({data['id']})")
+    console.print(
+        f"status: {data['status']}   created: {data['created_at']}   "
+        f"started: {data['started_at'] or '-'}   ended: {data['ended_at'] or '-'}"
+    )
+    console.print(
+        f"tokens: {data['input_tokens']} in / {data['output_tokens']} out   "
+        f"cost: {'unknown' if cost is None else f'${cost:.4f}'}"
+    )
+    if data.get("error"):
+        console.print(f"[red]error:[/] {data['error']}")
+    table = Table(title="nodes")
+    for column in ("key", "type", "status", "role", "attempts", "tokens", "time", "error"):
+        table.add_column(column)
+    for node in data["nodes"]:
+        elapsed = ""
+        if node["started_at"] and node["ended_at"]:
+            from datetime import datetime
+
+            delta = datetime.fromisoformat(node["ended_at"]) - datetime.fromisoformat(
+                node["started_at"]
+            )
+            elapsed = f"{delta.total_seconds():.1f}s"
+        table.add_row(
+            node["key"],
+            node["type"],
+            node["status"],
+            node["role"] or "-",
+            str(node["attempts"]),
+            str(node["input_tokens"] + node["output_tokens"]),
+            elapsed,
+            node["error"] or "",
+        )
+    console.print(table)
+    artifacts = Table(title="artifacts")
+    for column in ("node", "type", "path", "size"):
+        artifacts.add_column(column)
+    for artifact in data["artifacts"]:
+        artifacts.add_row(
+            artifact["node_key"] or "-",
+            artifact["type"],
+            str(settings.runs_root / artifact["path"]),
+            str(artifact["size"]),
+        )
+    console.print(artifacts)

@@ -1,0 +1,1 @@
+"""The run engine: run lifecycle, DAG scheduling, artifacts and sidecars on disk."""

@@ -1,0 +1,94 @@
+"""Where a run's files live (DESIGN §4) and how they are written.
+
+Every file is written to a temporary name in the same folder and renamed over the
+target, so a reader never sees half a file and a crash leaves either the old or the
+new content. Node keys are validated by the plan before they get here, and paths are
+still checked to stay inside the run folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crew.domain.plan import is_valid_key
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenFile:
+    path: Path
+    relative: str
+    """Relative to RUNS_ROOT, with forward slashes: what the database stores."""
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunFiles:
+    runs_root: Path
+    run_id: str
+
+    @property
+    def folder(self) -> Path:
+        return self.runs_root / self.run_id
+
+    def node_folder(self, key: str) -> Path:
+        if not is_valid_key(key):  # the plan validated it; this guards every other caller
+            raise ValueError(f"invalid node key for a folder name: {key!r}")
+        return self.folder / "nodes" / key
+
+    def plan(self) -> Path:
+        return self.folder / "plan.json"
+
+    def summary(self) -> Path:
+        return self.folder / "summary.json"
+
+    def supervisor_sidecar(self) -> Path:
+        return self.folder / "supervisor.llm.json"
+
+    def artifact(self, key: str) -> Path:
+        return self.node_folder(key) / f"artifact_{key}.md"
+
+    def artifact_sidecar(self, key: str) -> Path:
+        return self.node_folder(key) / f"artifact_{key}.llm.json"
+
+    def manager_answer(self, key: str) -> Path:
+        return self.node_folder(key) / f"manager_{key}.json"
+
+    def manager_sidecar(self, key: str) -> Path:
+        return self.node_folder(key) / f"manager_{key}.llm.json"
+
+    def write_text(self, path: Path, text: str) -> WrittenFile:
+        data = text.encode("utf-8")
+        write_atomic(path, data)
+        return WrittenFile(
+            path=path,
+            relative=path.relative_to(self.runs_root).as_posix(),
+            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+        )
+
+    def write_json(self, path: Path, payload: Any) -> WrittenFile:
+        return self.write_text(path, json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

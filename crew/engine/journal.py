@@ -1,0 +1,119 @@
+"""Events: built by the engine, committed with the state change they describe.
+
+An event and the row changes it reports go into the same queued transaction, so a
+follower never sees NODE_COMPLETED for a node whose row still says `running`, and a
+crash never leaves a state change without its event. Listeners (the CLI's live view)
+are told only after the commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from crew.domain.events import EventLevel, EventType
+from crew.engine.write_queue import WriteQueue
+
+
+@dataclass(frozen=True, slots=True)
+class EngineEvent:
+    run_id: str
+    type: EventType
+    level: EventLevel
+    message: str
+    payload: dict[str, Any]
+    node_id: str | None = None
+    node_key: str | None = None
+    request_id: str | None = None
+    timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
+    id: int | None = None
+
+
+EventListener = Callable[[EngineEvent], None]
+Apply = Callable[[Any], Awaitable[Any]]
+
+
+class Journal:
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        request_id: str | None,
+        queue: WriteQueue,
+        listeners: Sequence[EventListener] = (),
+    ) -> None:
+        self.run_id = run_id
+        self.request_id = request_id
+        self.queue = queue
+        self.listeners = list(listeners)
+
+    def event(
+        self,
+        event_type: EventType,
+        message: str,
+        /,
+        *,
+        level: EventLevel = EventLevel.INFO,
+        node_id: str | None = None,
+        node_key: str | None = None,
+        **payload: Any,
+    ) -> EngineEvent:
+        body: dict[str, Any] = {"run_id": self.run_id}
+        if node_key is not None:
+            body["node_key"] = node_key
+        if self.request_id is not None:
+            body["request_id"] = self.request_id
+        body.update(payload)
+        return EngineEvent(
+            run_id=self.run_id,
+            type=event_type,
+            level=level,
+            message=message,
+            payload=body,
+            node_id=node_id,
+            node_key=node_key,
+            request_id=self.request_id,
+        )
+
+    async def commit(self, *events: EngineEvent, apply: Apply | None = None) -> Any:
+        """Apply `apply(writer)` and insert `events` in one transaction; return apply's value."""
+
+        async def operation(writer: Any) -> tuple[Any, list[int]]:
+            result = await apply(writer) if apply is not None else None
+            ids = []
+            for e in events:
+                ids.append(
+                    await writer.add_event(
+                        run_id=e.run_id,
+                        type=e.type.value,
+                        level=e.level.value,
+                        message=e.message,
+                        payload=e.payload,
+                        node_id=e.node_id,
+                        node_key=e.node_key,
+                        request_id=e.request_id,
+                        timestamp=e.timestamp,
+                    )
+                )
+            return result, ids
+
+        result, ids = await self.queue.submit(operation)
+        if self.listeners:
+            for event, event_id in zip(events, ids, strict=True):
+                committed = EngineEvent(
+                    run_id=event.run_id,
+                    type=event.type,
+                    level=event.level,
+                    message=event.message,
+                    payload=event.payload,
+                    node_id=event.node_id,
+                    node_key=event.node_key,
+                    request_id=event.request_id,
+                    timestamp=event.timestamp,
+                    id=event_id,
+                )
+                for listener in self.listeners:
+                    listener(committed)
+        return result

@@ -1,0 +1,311 @@
+"""What executing one node means: call the right agent, write files, record the result.
+
+Task and synthesis nodes call an executor and produce markdown; manage nodes call the
+manager, which assigns roles to the nodes that depend on them. Either way the node's
+files are written first and then its artifacts, usage, role changes, status and events
+are committed in one transaction: a node is never `completed` without its artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from crew.agents.executor import DependencyOutput, execute
+from crew.agents.goal import Goal
+from crew.agents.manager import assign
+from crew.agents.prompts import TEMPLATE_VERSION
+from crew.agents.roles import resolve_role
+from crew.domain.events import EventType
+from crew.domain.plan import NodeType, Plan
+from crew.domain.status import NodeStatus
+from crew.engine.checksum import node_checksum
+from crew.engine.files import RunFiles, WrittenFile
+from crew.engine.journal import EngineEvent, Journal
+from crew.engine.options import RunOptions
+from crew.engine.sidecar import build_sidecar, usage_of
+from crew.engine.state import NodeState
+from crew.llm.client import CallResult, LLMClient, resolve_llm
+from crew.settings import Settings
+
+
+def render_manager_answer(answer: dict[str, Any]) -> str:
+    """The manager's answer as text for the nodes under it: their quality bar."""
+    lines = ["# Manager instructions", ""]
+    checks = answer.get("quality_checks") or []
+    if checks:
+        lines.append("## Quality checks")
+        lines.extend(f"- {check}" for check in checks)
+        lines.append("")
+    notes = answer.get("integration_notes")
+    if notes:
+        lines.extend(["## Integration notes", str(notes), ""])
+    return "\n".join(lines)
+
+
+class NodeWork:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        client: LLMClient,
+        plan: Plan,
+        files: RunFiles,
+        options: RunOptions,
+        run_id: str,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.plan = plan
+        self.goal = Goal.from_plan(plan)
+        self.files = files
+        self.options = options
+        self.run_id = run_id
+        self.dependents = plan.dependents()
+        self.states: dict[str, NodeState] = {}
+        self.journal: Journal | None = None
+
+    # -- resume ----------------------------------------------------------------------
+
+    def role_kind(self, state: NodeState) -> str:
+        return "manager" if state.spec.type == NodeType.MANAGE else "executor"
+
+    def llm_fingerprint(self, state: NodeState) -> dict[str, Any]:
+        kind = self.role_kind(state)
+        resolved = resolve_llm(self.settings, kind, self.options.llm_override(kind), state.spec.llm)
+        return {
+            "provider": resolved.provider,
+            "model": resolved.model,
+            "temperature": resolved.temperature,
+            "max_tokens": resolved.max_tokens,
+        }
+
+    def checksum(self, state: NodeState) -> str:
+        return node_checksum(
+            spec=state.spec.to_dict(),
+            role=state.role,
+            llm=self.llm_fingerprint(state),
+            template_version=TEMPLATE_VERSION,
+            dependency_hashes=[self.states[d].output_sha or "" for d in state.spec.deps],
+        )
+
+    def can_reuse(self, state: NodeState, overrides: Iterable[str]) -> bool:
+        """A node completed earlier is kept when nothing that shaped its output changed."""
+        if state.status != NodeStatus.COMPLETED or state.key in set(overrides):
+            return False
+        return state.output_sha is not None and state.checksum == self.checksum(state)
+
+    # -- execution -------------------------------------------------------------------
+
+    async def perform(self, state: NodeState) -> None:
+        if state.spec.type == NodeType.MANAGE:
+            await self._manage(state)
+        else:
+            await self._execute(state)
+
+    async def _execute(self, state: NodeState) -> None:
+        spec = state.spec
+        role = resolve_role(state.role or spec.suggested_agent_role, spec.type)
+        state.role = role.name
+        inputs = [
+            DependencyOutput(
+                key=d, title=self.states[d].spec.title, text=self.states[d].output or ""
+            )
+            for d in spec.deps
+        ]
+        call = await execute(
+            self.client,
+            goal=self.goal,
+            node=spec,
+            role=role,
+            dependency_outputs=inputs,
+            language=self.settings.crew_language,
+            overrides=(self.options.llm_override("executor"), spec.llm),
+        )
+        markdown = self.files.write_text(self.files.artifact(state.key), call.response.text)
+        sidecar = self.files.write_json(
+            self.files.artifact_sidecar(state.key),
+            build_sidecar(
+                run_id=self.run_id,
+                node_key=state.key,
+                role=role.name,
+                operation="chat",
+                calls=[call],
+                prompt_max_chars=self.settings.sidecar_prompt_max_chars,
+            ),
+        )
+        state.output = call.response.text
+        await self._complete(
+            state,
+            calls=[call],
+            main=markdown,
+            main_type="markdown",
+            main_content=call.response.text,
+            sidecar=sidecar,
+            role_updates={},
+            extra_events=[],
+        )
+
+    async def _manage(self, state: NodeState) -> None:
+        assert self.journal is not None
+        spec = state.spec
+        role = resolve_role(state.role or spec.suggested_agent_role, spec.type)
+        state.role = role.name
+        children = [self.states[k] for k in self.dependents[state.key]]
+        result = await assign(
+            self.client,
+            goal=self.goal,
+            manage_node=spec,
+            dependents=[c.spec for c in children],
+            language=self.settings.crew_language,
+            overrides=(self.options.llm_override("manager"), spec.llm),
+        )
+        answer_file = self.files.write_json(self.files.manager_answer(state.key), result.answer)
+        sidecar = self.files.write_json(
+            self.files.manager_sidecar(state.key),
+            build_sidecar(
+                run_id=self.run_id,
+                node_key=state.key,
+                role=role.name,
+                operation="chat",
+                calls=result.calls,
+                prompt_max_chars=self.settings.sidecar_prompt_max_chars,
+            ),
+        )
+        role_updates = {}
+        for child in children:
+            assigned = result.assignments.get(child.key)
+            if assigned:
+                child.role = assigned
+                role_updates[child.node_id] = assigned
+        state.output = render_manager_answer(result.answer)
+        assigned_event = self.journal.event(
+            EventType.MANAGER_ASSIGNED,
+            f"manager {state.key} assigned "
+            + ", ".join(f"{k}={v}" for k, v in sorted(result.assignments.items())),
+            node_id=state.node_id,
+            node_key=state.key,
+            assignments=result.assignments,
+            quality_checks=result.answer.get("quality_checks", []),
+        )
+        await self._complete(
+            state,
+            calls=result.calls,
+            main=answer_file,
+            main_type="manager",
+            main_content=json.dumps(result.answer, ensure_ascii=False),
+            sidecar=sidecar,
+            role_updates=role_updates,
+            extra_events=[assigned_event],
+        )
+
+    async def _complete(
+        self,
+        state: NodeState,
+        *,
+        calls: list[CallResult],
+        main: WrittenFile,
+        main_type: str,
+        main_content: str,
+        sidecar: WrittenFile,
+        role_updates: dict[str, str],
+        extra_events: list[EngineEvent],
+    ) -> None:
+        assert self.journal is not None
+        journal = self.journal
+        state.output_sha = main.sha256
+        state.output_path = main.relative
+        checksum = self.checksum(state)
+        input_tokens, output_tokens, cost = usage_of(calls)
+        now = datetime.now(UTC)
+        events = [self._llm_event(state, call) for call in calls]
+        events.extend(extra_events)
+        for written, kind in ((main, main_type), (sidecar, "sidecar")):
+            events.append(
+                journal.event(
+                    EventType.ARTIFACT_CREATED,
+                    f"node {state.key} wrote {written.relative}",
+                    node_id=state.node_id,
+                    node_key=state.key,
+                    artifact_type=kind,
+                    path=written.relative,
+                    size=written.size,
+                    sha256=written.sha256,
+                )
+            )
+        events.append(
+            journal.event(
+                EventType.NODE_COMPLETED,
+                f"node {state.key} completed",
+                node_id=state.node_id,
+                node_key=state.key,
+                role=state.role,
+                provider=calls[-1].provider,
+                model=calls[-1].model,
+                latency_ms=round(sum(c.response.latency_ms for c in calls), 3),
+                usage={"input_tokens": input_tokens, "output_tokens": output_tokens},
+                cost_usd=cost,
+                attempts=state.attempts,
+            )
+        )
+        run_id, node_id, role = self.run_id, state.node_id, state.role
+        summary = main_content[:280]
+
+        async def apply(writer: Any) -> None:
+            await writer.add_artifact(
+                run_id=run_id,
+                node_id=node_id,
+                type=main_type,
+                path=main.relative,
+                content=main_content,
+                summary=summary,
+                sha256=main.sha256,
+                size=main.size,
+            )
+            await writer.add_artifact(
+                run_id=run_id,
+                node_id=node_id,
+                type="sidecar",
+                path=sidecar.relative,
+                content=None,
+                summary=None,
+                sha256=sidecar.sha256,
+                size=sidecar.size,
+            )
+            for child_id, child_role in role_updates.items():
+                await writer.update_node(child_id, role=child_role)
+            await writer.add_node_usage(node_id, input_tokens, output_tokens, cost)
+            await writer.add_run_usage(run_id, input_tokens, output_tokens, cost)
+            await writer.update_node(
+                node_id,
+                status=NodeStatus.COMPLETED.value,
+                ended_at=now,
+                checksum=checksum,
+                role=role,
+                error=None,
+            )
+
+        await journal.commit(*events, apply=apply)
+        state.status = NodeStatus.COMPLETED
+        state.checksum = checksum
+
+    def _llm_event(self, state: NodeState, call: CallResult) -> EngineEvent:
+        assert self.journal is not None
+        return self.journal.event(
+            EventType.LLM_CALL,
+            f"{call.provider}/{call.model} answered node {state.key} "
+            f"({call.response.input_tokens}+{call.response.output_tokens} tokens)",
+            node_id=state.node_id,
+            node_key=state.key,
+            provider=call.provider,
+            model=call.model,
+            response_model=call.response.model,
+            input_tokens=call.response.input_tokens,
+            output_tokens=call.response.output_tokens,
+            cost_usd=call.cost_usd,
+            latency_ms=round(call.response.latency_ms, 3),
+            attempts=call.attempts,
+            fallback_from=call.fallback_from,
+        )

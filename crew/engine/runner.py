@@ -1,0 +1,529 @@
+"""Executes one run's DAG: scheduling, retries, timeouts, failure propagation, resume.
+
+Nodes start as soon as their dependencies are completed, up to `max_concurrency` at
+once, ties broken by plan order. Every state change is committed (through the write
+queue, together with its event) before the node takes its next step, so another
+process can take over from the database alone after a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import random
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from crew.domain.errors import CrewError, ProviderError
+from crew.domain.events import EventLevel, EventType
+from crew.domain.plan import NodeType, Plan
+from crew.domain.status import NodeStatus, RunStatus
+from crew.engine.backoff import retry_delay
+from crew.engine.files import RunFiles
+from crew.engine.journal import EventListener, Journal
+from crew.engine.node_work import NodeWork
+from crew.engine.options import RunOptions
+from crew.engine.sidecar import build_sidecar, usage_of
+from crew.engine.state import NodeState
+from crew.engine.summary import build_summary
+from crew.engine.write_queue import WriteQueue
+from crew.llm.client import CallResult
+
+log = logging.getLogger("crew.engine")
+
+HEARTBEAT_INTERVAL_S = 5.0
+"""How often the executing process proves it is alive; readers call a run stale after
+HEARTBEAT_STALE_S without a beat."""
+HEARTBEAT_STALE_S = 15.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class RunExecutor:
+    """Runs (or resumes) one run that this process has claimed."""
+
+    def __init__(
+        self,
+        *,
+        repo: Any,
+        work: NodeWork,
+        run: Any,
+        plan: Plan,
+        states: dict[str, NodeState],
+        options: RunOptions,
+        owner: str,
+        files: RunFiles,
+        listeners: Sequence[EventListener] = (),
+        heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.repo = repo
+        self.work = work
+        self.run = run
+        self.plan = plan
+        self.states = states
+        self.options = options
+        self.owner = owner
+        self.files = files
+        self.listeners = listeners
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.rng = rng or random.Random()
+        self.dependents = plan.dependents()
+        self.journal: Journal | None = None
+        self._running: dict[asyncio.Task[bool], str] = {}
+
+    async def execute(
+        self, *, resumed: bool, supervisor_calls: Sequence[CallResult] = ()
+    ) -> dict[str, Any]:
+        """Run to the end; returns the run summary. Cancellation leaves it `interrupted`."""
+        async with WriteQueue(self.repo) as queue:
+            self.journal = Journal(
+                run_id=self.run.id,
+                request_id=self.run.request_id,
+                queue=queue,
+                listeners=self.listeners,
+            )
+            self.work.journal = self.journal
+            heartbeat = asyncio.create_task(self._heartbeat(queue), name="crew-heartbeat")
+            try:
+                if resumed:
+                    await self._begin_resume()
+                else:
+                    await self._begin_start(supervisor_calls)
+                if self.options.dry_run:
+                    await self._skip_all_for_dry_run()
+                else:
+                    await self._schedule()
+                return await self._finish()
+            except asyncio.CancelledError:
+                await asyncio.shield(self._interrupt())
+                raise
+            finally:
+                heartbeat.cancel()
+                await asyncio.gather(heartbeat, return_exceptions=True)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def _begin_start(self, supervisor_calls: Sequence[CallResult]) -> None:
+        """First start: RUN_STARTED, PLAN_CREATED, then the supervisor's call if any."""
+        assert self.journal is not None
+        journal = self.journal
+        ordered = sorted(self.states.values(), key=lambda s: s.position)
+        events = [
+            journal.event(
+                EventType.RUN_STARTED,
+                f"run started: {self.run.title}",
+                title=self.run.title,
+                nodes_total=len(ordered),
+                dry_run=self.options.dry_run,
+                max_concurrency=self.options.max_concurrency,
+            ),
+            journal.event(
+                EventType.PLAN_CREATED,
+                f"plan with {len(ordered)} node(s)"
+                + (" from the supervisor" if supervisor_calls else ""),
+                source="supervisor" if supervisor_calls else "file",
+                nodes=[
+                    {
+                        "key": s.key,
+                        "title": s.spec.title,
+                        "type": s.spec.type.value,
+                        "role": s.role,
+                        "deps": list(s.spec.deps),
+                    }
+                    for s in ordered
+                ],
+            ),
+        ]
+        sidecar = None
+        if supervisor_calls:
+            calls = list(supervisor_calls)
+            sidecar = self.files.write_json(
+                self.files.supervisor_sidecar(),
+                build_sidecar(
+                    run_id=self.run.id,
+                    node_key=None,
+                    role="Supervisor",
+                    operation="chat",
+                    calls=calls,
+                    prompt_max_chars=self.work.settings.sidecar_prompt_max_chars,
+                ),
+            )
+            last = calls[-1]
+            events.append(
+                journal.event(
+                    EventType.LLM_CALL,
+                    f"{last.provider}/{last.model} planned the run ({len(calls)} call(s))",
+                    role="Supervisor",
+                    provider=last.provider,
+                    model=last.model,
+                    response_model=last.response.model,
+                    input_tokens=sum(c.response.input_tokens for c in calls),
+                    output_tokens=sum(c.response.output_tokens for c in calls),
+                    cost_usd=usage_of(calls)[2],
+                    attempts=sum(c.attempts for c in calls),
+                )
+            )
+            events.append(
+                journal.event(
+                    EventType.ARTIFACT_CREATED,
+                    f"supervisor wrote {sidecar.relative}",
+                    artifact_type="sidecar",
+                    path=sidecar.relative,
+                    size=sidecar.size,
+                    sha256=sidecar.sha256,
+                )
+            )
+        now = utcnow()
+        run_id = self.run.id
+        usage = usage_of(supervisor_calls) if supervisor_calls else None
+
+        async def apply(writer: Any) -> None:
+            await writer.update_run(
+                run_id, status=RunStatus.RUNNING.value, started_at=now, ended_at=None, error=None
+            )
+            if sidecar is not None and usage is not None:
+                await writer.add_artifact(
+                    run_id=run_id,
+                    node_id=None,
+                    type="sidecar",
+                    path=sidecar.relative,
+                    content=None,
+                    summary=None,
+                    sha256=sidecar.sha256,
+                    size=sidecar.size,
+                )
+                await writer.add_run_usage(run_id, *usage)
+
+        await journal.commit(*events, apply=apply)
+
+    async def _begin_resume(self) -> None:
+        """Resume: nodes that did not complete go back to `pending`; completed ones are
+        re-checked against their checksum when they come up in the schedule."""
+        assert self.journal is not None
+        reset = [
+            s
+            for s in sorted(self.states.values(), key=lambda s: s.position)
+            if s.status != NodeStatus.COMPLETED
+        ]
+        for state in reset:
+            state.status = NodeStatus.PENDING
+        ids = [s.node_id for s in reset]
+        run_id = self.run.id
+        event = self.journal.event(
+            EventType.RUN_RESUMED,
+            f"run resumed: {len(reset)} node(s) to run, "
+            f"{len(self.states) - len(reset)} completed node(s) to re-check",
+            reset_nodes=[s.key for s in reset],
+            overrides=list(self.options.overrides),
+        )
+
+        async def apply(writer: Any) -> None:
+            await writer.update_run(
+                run_id, status=RunStatus.RUNNING.value, ended_at=None, error=None
+            )
+            for node_id in ids:
+                await writer.update_node(
+                    node_id, status=NodeStatus.PENDING.value, ended_at=None, error=None
+                )
+
+        await self.journal.commit(event, apply=apply)
+
+    async def _finish(self) -> dict[str, Any]:
+        assert self.journal is not None
+        failed = sorted(s.key for s in self.states.values() if s.status == NodeStatus.FAILED)
+        status = RunStatus.FAILED if failed else RunStatus.COMPLETED
+        error = f"{len(failed)} node(s) failed: {', '.join(failed)}" if failed else None
+        now = utcnow()
+        run = await self.repo.get_run(self.run.id)
+        summary = build_summary(
+            run=run,
+            status=status,
+            states=self.states,
+            sinks=self.plan.sinks(),
+            runs_root=self.files.runs_root,
+            ended_at=now,
+        )
+        written = self.files.write_json(self.files.summary(), summary)
+        event_type = EventType.RUN_FAILED if failed else EventType.RUN_COMPLETED
+        level = EventLevel.ERROR if failed else EventLevel.INFO
+        message = f"run {status.value}" + (f": {error}" if error else "")
+        event = self.journal.event(
+            event_type,
+            message,
+            level=level,
+            status=status.value,
+            nodes=summary["nodes"],
+            input_tokens=summary["input_tokens"],
+            output_tokens=summary["output_tokens"],
+            cost_usd=summary["cost_usd"],
+            duration_ms=summary["duration_ms"],
+            error=error,
+        )
+        run_id = self.run.id
+        owner = self.owner
+
+        async def apply(writer: Any) -> None:
+            await writer.add_artifact(
+                run_id=run_id,
+                node_id=None,
+                type="summary",
+                path=written.relative,
+                content=None,
+                summary=None,
+                sha256=written.sha256,
+                size=written.size,
+            )
+            await writer.update_run(run_id, status=status.value, ended_at=now, error=error)
+            await writer.release_run(run_id, owner)
+
+        await self.journal.commit(event, apply=apply)
+        return summary
+
+    async def _interrupt(self) -> None:
+        """Ctrl-C, SIGTERM or a cancelled server task: stop nodes, leave a resumable run."""
+        assert self.journal is not None
+        tasks = list(self._running)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        in_flight = [self.states[key] for key in self._running.values()]
+        now = utcnow()
+        run_id = self.run.id
+        owner = self.owner
+        event = self.journal.event(
+            EventType.RUN_INTERRUPTED,
+            "run interrupted; resume it with `crew run --resume " + run_id + "`",
+            level=EventLevel.WARNING,
+            canceled_nodes=[s.key for s in in_flight],
+        )
+
+        async def apply(writer: Any) -> None:
+            for state in in_flight:
+                await writer.update_node(
+                    state.node_id,
+                    status=NodeStatus.CANCELED.value,
+                    ended_at=now,
+                    error="interrupted",
+                )
+            await writer.update_run(
+                run_id, status=RunStatus.INTERRUPTED.value, ended_at=now, error="interrupted"
+            )
+            await writer.release_run(run_id, owner)
+
+        await self.journal.commit(event, apply=apply)
+
+    async def _heartbeat(self, queue: WriteQueue) -> None:
+        run_id, owner = self.run.id, self.owner
+        while True:
+            await asyncio.sleep(self.heartbeat_interval_s)
+
+            async def beat(writer: Any) -> bool:
+                result: bool = await writer.heartbeat(run_id, owner, utcnow())
+                return result
+
+            if not await queue.submit(beat):
+                log.warning("run %s: another process took this run over", run_id)
+
+    # -- scheduling ------------------------------------------------------------------
+
+    async def _schedule(self) -> None:
+        waiting = {
+            key: sum(1 for dep in set(state.spec.deps)) for key, state in self.states.items()
+        }
+        ready: list[tuple[int, str]] = [
+            (state.position, key) for key, state in self.states.items() if waiting[key] == 0
+        ]
+        heapq.heapify(ready)
+        limit = max(1, self.options.max_concurrency)
+        while ready or self._running:
+            while ready and len(self._running) < limit:
+                _, key = heapq.heappop(ready)
+                state = self.states[key]
+                if self.work.can_reuse(state, self.options.overrides):
+                    self._release_dependents(key, waiting, ready)
+                    continue
+                task = asyncio.create_task(self._run_node(state), name=f"crew-node-{key}")
+                self._running[task] = key
+            if not self._running:
+                break
+            done, _ = await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
+            for task in sorted(done, key=lambda t: self.states[self._running[t]].position):
+                key = self._running.pop(task)
+                if task.result():
+                    self._release_dependents(key, waiting, ready)
+                else:
+                    await self._skip_descendants(key)
+
+    def _release_dependents(
+        self, key: str, waiting: dict[str, int], ready: list[tuple[int, str]]
+    ) -> None:
+        for child in self.dependents[key]:
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                heapq.heappush(ready, (self.states[child].position, child))
+
+    async def _run_node(self, state: NodeState) -> bool:
+        """Execute one node with retries; True when it completed."""
+        assert self.journal is not None
+        attempt = 0
+        while True:
+            attempt += 1
+            await self._mark_started(state, attempt)
+            try:
+                await asyncio.wait_for(self.work.perform(state), self.options.node_timeout_s)
+                return True
+            except TimeoutError:
+                error: CrewError | Exception = ProviderError(
+                    f"node timed out after {self.options.node_timeout_s:g}s",
+                    provider="engine",
+                    retryable=True,
+                )
+            except ProviderError as provider_error:
+                error = provider_error
+            except CrewError as crew_error:
+                await self._mark_failed(state, str(crew_error))
+                return False
+            except Exception as unexpected:  # a bug must fail the node, not the whole run
+                log.exception("node %s failed unexpectedly", state.key)
+                await self._mark_failed(state, f"internal error: {unexpected!r}")
+                return False
+            retryable = isinstance(error, ProviderError) and error.retryable
+            if not retryable or attempt > self.options.retries:
+                await self._mark_failed(state, str(error))
+                return False
+            delay = retry_delay(self.options.retry_base_delay, attempt, self.rng)
+            if isinstance(error, ProviderError) and error.retry_after_s:
+                delay = max(delay, error.retry_after_s)
+            await self.journal.commit(
+                self.journal.event(
+                    EventType.NODE_RETRYING,
+                    f"node {state.key} attempt {attempt} failed ({error}); "
+                    f"retrying in {delay:.2f}s",
+                    level=EventLevel.WARNING,
+                    node_id=state.node_id,
+                    node_key=state.key,
+                    attempt=attempt,
+                    delay_s=round(delay, 3),
+                    error=str(error),
+                )
+            )
+            await asyncio.sleep(delay)
+
+    async def _mark_started(self, state: NodeState, attempt: int) -> None:
+        assert self.journal is not None
+        state.status = NodeStatus.RUNNING
+        state.attempts += 1
+        now = utcnow()
+        columns: dict[str, Any] = {
+            "status": NodeStatus.RUNNING.value,
+            "attempts": state.attempts,
+            "error": None,
+            "ended_at": None,
+        }
+        if attempt == 1:
+            columns["started_at"] = now
+        node_id = state.node_id
+
+        async def apply(writer: Any) -> None:
+            await writer.update_node(node_id, **columns)
+
+        events = []
+        if attempt == 1:
+            events.append(
+                self.journal.event(
+                    EventType.NODE_STARTED,
+                    f"node {state.key} started ({state.role or state.spec.type.value})",
+                    node_id=state.node_id,
+                    node_key=state.key,
+                    role=state.role,
+                    type=state.spec.type.value,
+                    attempt=state.attempts,
+                )
+            )
+        await self.journal.commit(*events, apply=apply)
+
+    async def _mark_failed(self, state: NodeState, error: str) -> None:
+        assert self.journal is not None
+        state.status = NodeStatus.FAILED
+        now = utcnow()
+        node_id = state.node_id
+
+        async def apply(writer: Any) -> None:
+            await writer.update_node(
+                node_id, status=NodeStatus.FAILED.value, ended_at=now, error=error
+            )
+
+        await self.journal.commit(
+            self.journal.event(
+                EventType.NODE_FAILED,
+                f"node {state.key} failed: {error}",
+                level=EventLevel.ERROR,
+                node_id=state.node_id,
+                node_key=state.key,
+                role=state.role,
+                attempts=state.attempts,
+                error=error,
+            ),
+            apply=apply,
+        )
+
+    async def _skip_descendants(self, failed_key: str) -> None:
+        """Every node depending on `failed_key`, directly or not, is skipped with the reason."""
+        assert self.journal is not None
+        to_skip: list[NodeState] = []
+        stack = list(self.dependents[failed_key])
+        seen: set[str] = set()
+        while stack:
+            key = stack.pop()
+            if key in seen:
+                continue
+            seen.add(key)
+            state = self.states[key]
+            if state.status in (NodeStatus.PENDING, NodeStatus.COMPLETED):
+                # a completed node left from an earlier attempt is stale now: its input failed
+                to_skip.append(state)
+            stack.extend(self.dependents[key])
+        if not to_skip:
+            return
+        to_skip.sort(key=lambda s: s.position)
+        reason = f"dependency {failed_key} failed"
+        await self._skip(to_skip, reason)
+
+    async def _skip_all_for_dry_run(self) -> None:
+        states = sorted(self.states.values(), key=lambda s: s.position)
+        await self._skip(states, "dry run")
+
+    async def _skip(self, states: list[NodeState], reason: str) -> None:
+        assert self.journal is not None
+        now = utcnow()
+        for state in states:
+            state.status = NodeStatus.SKIPPED
+        ids = [s.node_id for s in states]
+
+        async def apply(writer: Any) -> None:
+            for node_id in ids:
+                await writer.update_node(
+                    node_id, status=NodeStatus.SKIPPED.value, ended_at=now, error=reason
+                )
+
+        events = [
+            self.journal.event(
+                EventType.NODE_SKIPPED,
+                f"node {s.key} skipped: {reason}",
+                level=EventLevel.WARNING if reason != "dry run" else EventLevel.INFO,
+                node_id=s.node_id,
+                node_key=s.key,
+                reason=reason,
+            )
+            for s in states
+        ]
+        await self.journal.commit(*events, apply=apply)
+
+
+def is_manage(state: NodeState) -> bool:
+    return state.spec.type == NodeType.MANAGE

@@ -1,0 +1,264 @@
+"""Shared HTTP plumbing for the HTTP providers (Ollama, OpenAI-compatible servers).
+
+Both providers need the same things: one long-lived client per provider so connections
+are reused across nodes, a per-request deadline that holds even against a server that
+trickles bytes, and one translation from transport failures to ProviderError so the
+retry policy can rely on `retryable` alone. Keeping it here means the providers only
+describe their wire format.
+
+This module imports httpx; import it lazily (only the HTTP providers do) so commands that
+never call an HTTP provider do not pay for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import math
+import time
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from crew.domain.errors import ProviderError
+
+DETAIL_MAX_CHARS = 300
+"""Longest server error text quoted in a message: enough to act on, short enough to log."""
+
+CONNECT_TIMEOUT_MAX_S = 10.0
+"""A server that does not accept a connection within this is down, whatever the deadline."""
+
+
+class HTTPProviderError(ProviderError):
+    """A ProviderError that also knows the HTTP status (None for transport failures).
+
+    The status goes into the sidecar's attempt records; the retry policy only looks at
+    `retryable`, so code that catches ProviderError needs nothing else.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        retryable: bool,
+        retry_after_s: float | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(
+            message, provider=provider, retryable=retryable, retry_after_s=retry_after_s
+        )
+        self.status = status
+
+
+def create_client(*, max_connections: int = 16) -> httpx.AsyncClient:
+    """A client meant to live as long as its provider, so calls reuse connections.
+
+    No client-wide timeout: every request passes its own (see `timeout_for`).
+    """
+    return httpx.AsyncClient(
+        timeout=None,
+        limits=httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        ),
+        headers={"User-Agent": "crew"},
+    )
+
+
+def timeout_for(timeout_s: float) -> httpx.Timeout:
+    """Map a request's deadline onto httpx's per-phase timeouts.
+
+    Connecting gets at most CONNECT_TIMEOUT_MAX_S so an unreachable host fails fast; the
+    other phases get the whole deadline. `post_json` also enforces the deadline as a total.
+    """
+    return httpx.Timeout(timeout_s, connect=min(timeout_s, CONNECT_TIMEOUT_MAX_S))
+
+
+def display_url(url: str) -> str:
+    """The URL without user info, so credentials in a base URL never reach a message."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return url
+    if parsed.userinfo:
+        parsed = parsed.copy_with(username=None, password=None)
+    return str(parsed).rstrip("/")
+
+
+async def post_json(
+    client: httpx.AsyncClient,
+    url: str,
+    payload: Mapping[str, Any] | None,
+    *,
+    headers: Mapping[str, str] | None = None,
+    timeout_s: float,
+    provider: str,
+    unreachable: str,
+) -> httpx.Response:
+    """POST a JSON body (GET when `payload` is None) and return the response, whatever its
+    status.
+
+    Transport failures become retryable ProviderErrors: `unreachable` is the message for a
+    refused or failed connection, timeouts say how long was waited. The deadline applies
+    to the whole exchange, not just to the gap between two bytes.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            if payload is None:
+                return await client.get(
+                    url, headers=dict(headers or {}), timeout=timeout_for(timeout_s)
+                )
+            return await client.post(
+                url, json=dict(payload), headers=dict(headers or {}), timeout=timeout_for(timeout_s)
+            )
+    except (httpx.TimeoutException, TimeoutError) as exc:
+        if isinstance(exc, httpx.ConnectTimeout):
+            raise HTTPProviderError(unreachable, provider=provider, retryable=True) from exc
+        raise HTTPProviderError(
+            f"{provider} did not answer within {timeout_s:g}s ({display_url(url)})",
+            provider=provider,
+            retryable=True,
+        ) from exc
+    except httpx.ConnectError as exc:
+        raise HTTPProviderError(unreachable, provider=provider, retryable=True) from exc
+    except httpx.TransportError as exc:
+        raise HTTPProviderError(
+            f"{provider} connection failed ({display_url(url)}): {type(exc).__name__}",
+            provider=provider,
+            retryable=True,
+        ) from exc
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date.
+
+    Returns None when absent or unreadable (the caller then uses its own backoff), and
+    never a negative number (a date in the past means "now").
+    """
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = now or datetime.now(UTC)
+    return max(0.0, (when - current).total_seconds())
+
+
+def redact(text: str, secrets: Iterable[str | None]) -> str:
+    """Replace every secret (API key) in `text`: some servers echo the key they rejected."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
+def bounded(text: str, limit: int = DETAIL_MAX_CHARS) -> str:
+    """One line of at most `limit` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def error_detail(
+    response: httpx.Response, *, secrets: Iterable[str | None] = (), limit: int = DETAIL_MAX_CHARS
+) -> str:
+    """The server's own explanation of an error, short and with secrets removed.
+
+    Understands `{"error": {"message": ...}}` (OpenAI), `{"error": "..."}` (Ollama) and
+    `{"detail": ...}`; otherwise quotes the body text.
+    """
+    text = response.text
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    message: object = None
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict):
+            message = error.get("message")
+        elif isinstance(error, str):
+            message = error
+        if message is None:
+            message = body.get("detail") or body.get("message")
+    if not isinstance(message, str) or not message.strip():
+        message = text.strip() or response.reason_phrase or f"HTTP {response.status_code}"
+    return bounded(redact(str(message), secrets), limit)
+
+
+def json_object(response: httpx.Response, *, provider: str, url: str) -> dict[str, Any]:
+    """The response body as a JSON object, or a non-retryable "malformed response" error.
+
+    Not retryable: a server that answers 200 with a body crew cannot read will most likely
+    do it again, and retrying would only spend money.
+    """
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise malformed(provider, url, "the body is not JSON", response.status_code) from exc
+    if not isinstance(body, dict):
+        raise malformed(provider, url, "the body is not a JSON object", response.status_code)
+    return body
+
+
+def malformed(provider: str, url: str, why: str, status: int | None = None) -> HTTPProviderError:
+    return HTTPProviderError(
+        f"{provider} returned a malformed response ({display_url(url)}): {why}",
+        provider=provider,
+        retryable=False,
+        status=status,
+    )
+
+
+class Stopwatch:
+    """Milliseconds since creation, on the monotonic clock."""
+
+    def __init__(self) -> None:
+        self._start = time.perf_counter()
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self._start) * 1000.0
+
+
+def reported_tokens(value: object) -> int | None:
+    """A token count from a response field, or None when the server did not report one."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
+
+
+def no_model_error(provider: str) -> HTTPProviderError:
+    """The request reached a provider without a model: a configuration problem, not retryable."""
+    return HTTPProviderError(
+        f"no model configured for {provider}: set LLM_DEFAULT_MODEL or the role's model "
+        "(EXECUTOR_MODEL, SUPERVISOR_MODEL, MANAGER_MODEL, RECRUITER_MODEL), "
+        "or the plan node's llm.model",
+        provider=provider,
+        retryable=False,
+    )
+
+
+def status_error(
+    provider: str, status: int, detail: str, *, retry_after_s: float | None = None
+) -> HTTPProviderError:
+    """The generic translation of an HTTP error status: 429 and 5xx may pass, others will not."""
+    retryable = status == 429 or status >= 500
+    return HTTPProviderError(
+        f"{provider} returned HTTP {status}: {detail}",
+        provider=provider,
+        retryable=retryable,
+        retry_after_s=retry_after_s if retryable else None,
+        status=status,
+    )

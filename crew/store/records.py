@@ -1,0 +1,115 @@
+"""What the repository returns: frozen, plain dataclasses.
+
+Callers (engine, CLI, API) get values they can pass around and serialise without an
+open session or lazy loading; timestamps are aware UTC and JSON columns are decoded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    id: str
+    title: str
+    status: str
+    created_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+    request_id: str | None
+    options: dict[str, Any]
+    task_spec: dict[str, Any]
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    cost_unknown: bool
+    error: str | None
+    owner: str | None
+    heartbeat_at: datetime | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    id: str
+    run_id: str
+    key: str
+    position: int
+    title: str
+    type: str
+    role: str | None
+    status: str
+    deps: list[str]
+    spec: dict[str, Any]
+    checksum: str | None
+    attempts: int
+    started_at: datetime | None
+    ended_at: datetime | None
+    error: str | None
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float | None
+    claimed_by: str | None
+    lease_expires_at: datetime | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactRecord:
+    id: str
+    run_id: str
+    node_id: str | None
+    type: str
+    path: str
+    content: str | None
+    summary: str | None
+    sha256: str
+    size: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    id: int
+    run_id: str
+    node_id: str | None
+    node_key: str | None
+    type: str
+    level: str
+    payload: dict[str, Any]
+    message: str
+    request_id: str | None
+    timestamp: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NewNode:
+    """A node to insert with its run; the repository generates the id (uuid4)."""
+
+    key: str
+    position: int
+    title: str
+    type: str
+    role: str | None
+    deps: list[str]
+    spec: dict[str, Any]
+    status: str
+    checksum: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """One event for `add_events` (bulk insert); the timestamp defaults to now."""
+
+    run_id: str
+    type: str
+    level: str
+    message: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    node_id: str | None = None
+    node_key: str | None = None
+    request_id: str | None = None
+    timestamp: datetime | None = None

@@ -1,0 +1,50 @@
+"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, `nox -s benchmarks`.
+
+Each session installs the project the way the README tells a newcomer to, so a session
+that passes here passes from a fresh clone too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = "3.11"
+LINT_PATHS = ["crew", "tests", "benchmarks", "migrations", "noxfile.py"]
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Run the test suite; extra arguments go to pytest (`nox -s tests -- -k plan`)."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """Lint and check formatting without changing files."""
+    session.install("-e", ".[dev]")
+    session.run("ruff", "check", *LINT_PATHS)
+    session.run("ruff", "format", "--check", *LINT_PATHS)
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """Strict type checking of the package."""
+    session.install("-e", ".[dev]")
+    session.run("mypy", "crew")
+
+
+@nox.session(python=PYTHON)
+def benchmarks(session: nox.Session) -> None:
+    """Run every benchmark script; each prints one JSON line (see docs/benchmarks.md)."""
+    session.install("-e", ".[dev]")
+    scripts = sorted(Path("benchmarks").glob("*.py"))
+    if not scripts:
+        session.error("no benchmark scripts in benchmarks/")
+    for script in scripts:
+        session.run("python", str(script))
