@@ -6,7 +6,6 @@ it works the same whether the run executes in this process, another one, or a se
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from typing import Annotated
 
@@ -46,6 +45,8 @@ def tail(
     settings = load_cli_settings(ctx)
 
     async def main() -> str:
+        import asyncio
+
         from crew.cli.event_lines import event_json, event_line
         from crew.domain.status import RunStatus
         from crew.engine.service import interrupt_stale_runs

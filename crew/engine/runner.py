@@ -21,7 +21,7 @@ from crew.domain.events import EventLevel, EventType
 from crew.domain.plan import NodeType, Plan
 from crew.domain.status import NodeStatus, RunStatus
 from crew.engine.backoff import retry_delay
-from crew.engine.files import RunFiles
+from crew.engine.files import RunFiles, WrittenFile
 from crew.engine.journal import EventListener, Journal
 from crew.engine.node_work import NodeWork
 from crew.engine.options import RunOptions
@@ -75,11 +75,26 @@ class RunExecutor:
         self.dependents = plan.dependents()
         self.journal: Journal | None = None
         self._running: dict[asyncio.Task[bool], str] = {}
+        self._main_task: asyncio.Task[Any] | None = None
+        self._cancel_requested = False
+
+    def request_cancel(self) -> None:
+        """Stop the run as `canceled` (a user asked), not `interrupted` (a process stopped)."""
+        if self._cancel_requested:
+            return
+        self._cancel_requested = True
+        if self._main_task is not None:
+            self._main_task.cancel()
 
     async def execute(
         self, *, resumed: bool, supervisor_calls: Sequence[CallResult] = ()
     ) -> dict[str, Any]:
-        """Run to the end; returns the run summary. Cancellation leaves it `interrupted`."""
+        """Run to the end; returns the run summary.
+
+        A cancellation from outside (Ctrl-C, SIGTERM, a server shutting down) leaves the
+        run `interrupted` and propagates; a cancel request ends it `canceled` and returns.
+        """
+        self._main_task = asyncio.current_task()
         async with WriteQueue(self.repo) as queue:
             self.journal = Journal(
                 run_id=self.run.id,
@@ -100,8 +115,13 @@ class RunExecutor:
                     await self._schedule()
                 return await self._finish()
             except asyncio.CancelledError:
-                await asyncio.shield(self._interrupt())
-                raise
+                if not self._cancel_requested:
+                    await asyncio.shield(self._stop(RunStatus.INTERRUPTED))
+                    raise
+                if self._main_task is not None:
+                    self._main_task.uncancel()
+                await asyncio.shield(self._stop(RunStatus.CANCELED))
+                return await self._summary(RunStatus.CANCELED)
             finally:
                 heartbeat.cancel()
                 await asyncio.gather(heartbeat, return_exceptions=True)
@@ -184,7 +204,12 @@ class RunExecutor:
 
         async def apply(writer: Any) -> None:
             await writer.update_run(
-                run_id, status=RunStatus.RUNNING.value, started_at=now, ended_at=None, error=None
+                run_id,
+                status=RunStatus.RUNNING.value,
+                started_at=now,
+                ended_at=None,
+                error=None,
+                cancel_requested_at=None,
             )
             if sidecar is not None and usage is not None:
                 await writer.add_artifact(
@@ -224,7 +249,11 @@ class RunExecutor:
 
         async def apply(writer: Any) -> None:
             await writer.update_run(
-                run_id, status=RunStatus.RUNNING.value, ended_at=None, error=None
+                run_id,
+                status=RunStatus.RUNNING.value,
+                ended_at=None,
+                error=None,
+                cancel_requested_at=None,
             )
             for node_id in ids:
                 await writer.update_node(
@@ -239,16 +268,7 @@ class RunExecutor:
         status = RunStatus.FAILED if failed else RunStatus.COMPLETED
         error = f"{len(failed)} node(s) failed: {', '.join(failed)}" if failed else None
         now = utcnow()
-        run = await self.repo.get_run(self.run.id)
-        summary = build_summary(
-            run=run,
-            status=status,
-            states=self.states,
-            sinks=self.plan.sinks(),
-            runs_root=self.files.runs_root,
-            ended_at=now,
-        )
-        written = self.files.write_json(self.files.summary(), summary)
+        summary, written = await self._write_summary(status, now)
         event_type = EventType.RUN_FAILED if failed else EventType.RUN_COMPLETED
         level = EventLevel.ERROR if failed else EventLevel.INFO
         message = f"run {status.value}" + (f": {error}" if error else "")
@@ -284,34 +304,66 @@ class RunExecutor:
         await self.journal.commit(event, apply=apply)
         return summary
 
-    async def _interrupt(self) -> None:
-        """Ctrl-C, SIGTERM or a cancelled server task: stop nodes, leave a resumable run."""
+    async def _write_summary(
+        self, status: RunStatus, ended_at: datetime
+    ) -> tuple[dict[str, Any], WrittenFile]:
+        run = await self.repo.get_run(self.run.id)
+        summary = build_summary(
+            run=run,
+            status=status,
+            states=self.states,
+            sinks=self.plan.sinks(),
+            runs_root=self.files.runs_root,
+            ended_at=ended_at,
+        )
+        return summary, self.files.write_json(self.files.summary(), summary)
+
+    async def _summary(self, status: RunStatus) -> dict[str, Any]:
+        """The summary of a run that stopped early (also written to summary.json)."""
+        summary, _ = await self._write_summary(status, utcnow())
+        return summary
+
+    async def _stop(self, status: RunStatus) -> None:
+        """Stop in-flight nodes and leave the run `interrupted` (resumable) or `canceled`."""
         assert self.journal is not None
         tasks = list(self._running)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         in_flight = [self.states[key] for key in self._running.values()]
-        now = utcnow()
-        run_id = self.run.id
-        owner = self.owner
-        event = self.journal.event(
-            EventType.RUN_INTERRUPTED,
-            "run interrupted; resume it with `crew run --resume " + run_id + "`",
-            level=EventLevel.WARNING,
-            canceled_nodes=[s.key for s in in_flight],
+        self._running.clear()
+        canceled = status == RunStatus.CANCELED
+        stopped = in_flight + (
+            [s for s in self.states.values() if s.status == NodeStatus.PENDING] if canceled else []
         )
+        for state in stopped:
+            state.status = NodeStatus.CANCELED
+        now = utcnow()
+        run_id, owner = self.run.id, self.owner
+        reason = "canceled" if canceled else "interrupted"
+        if canceled:
+            event = self.journal.event(
+                EventType.RUN_CANCELED,
+                "run canceled",
+                level=EventLevel.WARNING,
+                canceled_nodes=[s.key for s in stopped],
+            )
+        else:
+            event = self.journal.event(
+                EventType.RUN_INTERRUPTED,
+                f"run interrupted; resume it with `crew run --resume {run_id}`",
+                level=EventLevel.WARNING,
+                canceled_nodes=[s.key for s in stopped],
+            )
+        ids = [s.node_id for s in stopped]
 
         async def apply(writer: Any) -> None:
-            for state in in_flight:
+            for node_id in ids:
                 await writer.update_node(
-                    state.node_id,
-                    status=NodeStatus.CANCELED.value,
-                    ended_at=now,
-                    error="interrupted",
+                    node_id, status=NodeStatus.CANCELED.value, ended_at=now, error=reason
                 )
             await writer.update_run(
-                run_id, status=RunStatus.INTERRUPTED.value, ended_at=now, error="interrupted"
+                run_id, status=status.value, ended_at=now, error=reason, cancel_requested_at=None
             )
             await writer.release_run(run_id, owner)
 
@@ -322,12 +374,16 @@ class RunExecutor:
         while True:
             await asyncio.sleep(self.heartbeat_interval_s)
 
-            async def beat(writer: Any) -> bool:
-                result: bool = await writer.heartbeat(run_id, owner, utcnow())
-                return result
+            async def beat(writer: Any) -> tuple[bool, bool]:
+                alive: bool = await writer.heartbeat(run_id, owner, utcnow())
+                run = await writer.get_run(run_id)
+                return alive, run is not None and run.cancel_requested_at is not None
 
-            if not await queue.submit(beat):
+            alive, cancel = await queue.submit(beat)
+            if not alive:
                 log.warning("run %s: another process took this run over", run_id)
+            if cancel:
+                self.request_cancel()
 
     # -- scheduling ------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from crew.agents.roles import resolve_role
-from crew.domain.errors import ConflictError, InvalidInputError
+from crew.domain.errors import ConflictError, InvalidInputError, NotFoundError
 from crew.domain.events import EventLevel, EventType
 from crew.domain.plan import NodeType, Plan, is_valid_key, parse_plan
 from crew.domain.status import NodeStatus, RunStatus
@@ -33,6 +33,10 @@ from crew.llm.client import CallResult, LLMClient
 from crew.settings import Settings
 
 MAIN_ARTIFACT_TYPES = ("markdown", "manager")
+
+_LOCAL_EXECUTORS: dict[str, RunExecutor] = {}
+"""Runs this process is executing: a cancel request reaches them at once, not at the
+next heartbeat."""
 
 
 @dataclass(slots=True)
@@ -174,6 +178,8 @@ async def execute_run(
     unknown = [key for key in overrides if key not in {n.id for n in plan.nodes}]
     if unknown:
         raise InvalidInputError(f"--override names unknown node(s): {', '.join(unknown)}")
+    if not resume and run.status != RunStatus.QUEUED.value:
+        raise ConflictError(f"run {run.id} is {run.status}, not queued; resume it instead")
     if resume and run.status == RunStatus.COMPLETED.value and not overrides:
         summary = await run_summary(repo, settings, run.id)
         return RunOutcome(run.id, RunStatus.COMPLETED, summary, already_completed=True)
@@ -215,11 +221,62 @@ async def execute_run(
         await repo.release_run(run.id, owner)
         raise
     fresh = run.status == RunStatus.QUEUED.value and run.started_at is None
-    summary = await executor.execute(
-        resumed=not fresh,
-        supervisor_calls=supervisor.calls if supervisor else [],
-    )
+    _LOCAL_EXECUTORS[run.id] = executor
+    try:
+        summary = await executor.execute(
+            resumed=not fresh,
+            supervisor_calls=supervisor.calls if supervisor else [],
+        )
+    finally:
+        _LOCAL_EXECUTORS.pop(run.id, None)
     return RunOutcome(run.id, RunStatus(summary["status"]), summary)
+
+
+async def request_cancel(repo: Any, run_id: str) -> RunStatus:
+    """Ask a run to stop as `canceled`; returns its status after the request.
+
+    A queued run is canceled on the spot. A running one is flagged in the database: the
+    process executing it (this one, or any other through its heartbeat) stops its nodes
+    and records the cancellation. A finished run cannot be canceled (ConflictError).
+    """
+    run = await repo.get_run(run_id)
+    if run is None:
+        raise NotFoundError(f"no run with id {run_id!r}")
+    status = RunStatus(run.status)
+    if status.is_terminal:
+        raise ConflictError(f"run {run_id} is already {status.value}; nothing to cancel")
+    now = utcnow()
+    if status == RunStatus.QUEUED:
+        async with repo.batch() as writer:
+            if await writer.update_run(
+                run_id,
+                when_status=RunStatus.QUEUED.value,
+                status=RunStatus.CANCELED.value,
+                ended_at=now,
+                error="canceled",
+            ):
+                for node in await writer.list_nodes(run_id):
+                    await writer.update_node(
+                        node.id, status=NodeStatus.CANCELED.value, ended_at=now, error="canceled"
+                    )
+                payload: dict[str, Any] = {"run_id": run_id, "canceled_nodes": []}
+                if run.request_id:
+                    payload["request_id"] = run.request_id
+                await writer.add_event(
+                    run_id=run_id,
+                    type=EventType.RUN_CANCELED.value,
+                    level=EventLevel.WARNING.value,
+                    message="run canceled before it started",
+                    payload=payload,
+                    request_id=run.request_id,
+                    timestamp=now,
+                )
+                return RunStatus.CANCELED
+    await repo.update_run(run_id, cancel_requested_at=now)
+    local = _LOCAL_EXECUTORS.get(run_id)
+    if local is not None:
+        local.request_cancel()
+    return RunStatus.RUNNING
 
 
 async def _load_states(repo: Any, plan: Plan, run_id: str) -> dict[str, NodeState]:

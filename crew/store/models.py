@@ -70,6 +70,7 @@ class Run(SQLModel, table=True):
     # a live run from a crashed one before resuming it.
     owner: str | None = Field(default=None, sa_type=String(255))
     heartbeat_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
+    cancel_requested_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
     updated_at: datetime = Field(sa_type=UTCDateTime())
 
 

@@ -29,6 +29,7 @@ class RunRecord:
     error: str | None
     owner: str | None
     heartbeat_at: datetime | None
+    cancel_requested_at: datetime | None
     updated_at: datetime
 
 

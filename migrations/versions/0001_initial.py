@@ -42,6 +42,7 @@ def upgrade() -> None:
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("owner", sa.String(length=255), nullable=True),
         sa.Column("heartbeat_at", TIMESTAMP, nullable=True),
+        sa.Column("cancel_requested_at", TIMESTAMP, nullable=True),
         sa.Column("updated_at", TIMESTAMP, nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_runs")),
     )
