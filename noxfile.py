@@ -43,7 +43,7 @@ def typecheck(session: nox.Session) -> None:
 def benchmarks(session: nox.Session) -> None:
     """Run every benchmark script; each prints one JSON line (see docs/benchmarks.md)."""
     session.install("-e", ".[dev]")
-    scripts = sorted(Path("benchmarks").glob("*.py"))
+    scripts = sorted(p for p in Path("benchmarks").glob("*.py") if not p.name.startswith("_"))
     if not scripts:
         session.error("no benchmark scripts in benchmarks/")
     for script in scripts:

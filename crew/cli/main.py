@@ -52,13 +52,15 @@ def main(
 
 
 def _register() -> None:
-    from crew.cli import db, events, plan, run, runs
+    from crew.cli import db, doctor, events, plan, run, runs, serve
 
     plan.register(app)
     run.register(app)
     runs.register(app)
     events.register(app)
     db.register(app)
+    serve.register(app)
+    doctor.register(app)
 
 
 _register()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from crew.cli.common import handle_errors, load_cli_settings, run_async, use_color
-from crew.domain.errors import InvalidInputError
+from crew.domain.errors import BudgetExceededError, InvalidInputError, UnavailableError
 from crew.domain.providers import PROVIDER_NAMES
 
 if TYPE_CHECKING:
@@ -76,15 +76,15 @@ def run_command(
     ] = False,
     max_concurrency: Annotated[
         int | None,
-        typer.Option("--max-concurrency", help="Nodes running at once. [env: MAX_CONCURRENCY]"),
+        typer.Option("--max-concurrency", help="Nodes running at once. \\[env: MAX_CONCURRENCY]"),
     ] = None,
     retries: Annotated[
         int | None,
-        typer.Option("--retries", help="Retries of a failing node. [env: NODE_RETRIES]"),
+        typer.Option("--retries", help="Retries of a failing node. \\[env: NODE_RETRIES]"),
     ] = None,
     node_timeout: Annotated[
         float | None,
-        typer.Option("--node-timeout", help="Seconds a node may take. [env: NODE_TIMEOUT_S]"),
+        typer.Option("--node-timeout", help="Seconds a node may take. \\[env: NODE_TIMEOUT_S]"),
     ] = None,
     executor_provider: Annotated[
         str | None,
@@ -92,12 +92,58 @@ def run_command(
             "--executor-provider",
             help="Provider for executors: "
             + ", ".join(PROVIDER_NAMES)
-            + ". [env: EXECUTOR_PROVIDER]",
+            + ". \\[env: EXECUTOR_PROVIDER]",
         ),
     ] = None,
     executor_model: Annotated[
         str | None,
-        typer.Option("--executor-model", help="Model for executors. [env: EXECUTOR_MODEL]"),
+        typer.Option("--executor-model", help="Model for executors. \\[env: EXECUTOR_MODEL]"),
+    ] = None,
+    manager_provider: Annotated[
+        str | None,
+        typer.Option(
+            "--manager-provider",
+            help="Provider for managers: "
+            + ", ".join(PROVIDER_NAMES)
+            + ". \\[env: MANAGER_PROVIDER]",
+        ),
+    ] = None,
+    manager_model: Annotated[
+        str | None,
+        typer.Option("--manager-model", help="Model for managers. \\[env: MANAGER_MODEL]"),
+    ] = None,
+    supervisor_provider: Annotated[
+        str | None,
+        typer.Option(
+            "--supervisor-provider",
+            help="Provider for the supervisor: "
+            + ", ".join(PROVIDER_NAMES)
+            + ". \\[env: SUPERVISOR_PROVIDER]",
+        ),
+    ] = None,
+    supervisor_model: Annotated[
+        str | None,
+        typer.Option(
+            "--supervisor-model", help="Model for the supervisor. \\[env: SUPERVISOR_MODEL]"
+        ),
+    ] = None,
+    max_cost: Annotated[
+        float | None,
+        typer.Option(
+            "--max-cost",
+            metavar="USD",
+            help="Cost budget of the run: no LLM call starts that could exceed it (exit 3). "
+            "\\[env: RUN_MAX_COST_USD]",
+        ),
+    ] = None,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--max-tokens",
+            metavar="N",
+            help="Token budget of the run (input + output), enforced the same way. "
+            "\\[env: RUN_MAX_TOKENS]",
+        ),
     ] = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print one JSON summary object on stdout.")
@@ -115,31 +161,51 @@ def run_command(
         raise InvalidInputError("--run-id and --dry-run apply to new runs, not to --resume")
     if override and resume is None:
         raise InvalidInputError("--override KEY only applies with --resume RUN_ID")
-    if executor_provider is not None and executor_provider not in PROVIDER_NAMES:
-        raise InvalidInputError(
-            f"--executor-provider {executor_provider!r} is unknown "
-            f"(accepted: {', '.join(PROVIDER_NAMES)})"
-        )
+    if run_id is not None:  # before anything is planned, opened or written
+        from crew.engine.service import check_run_id
+
+        check_run_id(run_id)
+    role_flags = {
+        "executor": (executor_provider, executor_model),
+        "manager": (manager_provider, manager_model),
+        "supervisor": (supervisor_provider, supervisor_model),
+    }
+    for kind, (provider_flag, _) in role_flags.items():
+        if provider_flag is not None and provider_flag not in PROVIDER_NAMES:
+            raise InvalidInputError(
+                f"--{kind}-provider {provider_flag!r} is unknown "
+                f"(accepted: {', '.join(PROVIDER_NAMES)})"
+            )
+    if max_cost is not None and not max_cost >= 0:
+        raise InvalidInputError(f"--max-cost must be a number of USD >= 0, not {max_cost:g}")
+    if max_tokens is not None and max_tokens < 1:
+        raise InvalidInputError(f"--max-tokens must be an integer >= 1, not {max_tokens}")
     settings = load_cli_settings(
         ctx,
         overrides={
             "MAX_CONCURRENCY": max_concurrency,
             "NODE_RETRIES": retries,
             "NODE_TIMEOUT_S": node_timeout,
+            "RUN_MAX_COST_USD": max_cost,
+            "RUN_MAX_TOKENS": max_tokens,
         },
     )
     plan = _read_plan_file(task_file) if task_file is not None else None
-    executor_llm = {
-        k: v for k, v in (("provider", executor_provider), ("model", executor_model)) if v
-    }
+    cli_llm: dict[str, dict[str, str]] = {}
+    for kind, (provider_flag, model_flag) in role_flags.items():
+        chosen = {k: v for k, v in (("provider", provider_flag), ("model", model_flag)) if v}
+        if chosen:
+            cli_llm[kind] = chosen
     changes: dict[str, Any] = {
         "max_concurrency": max_concurrency,
         "retries": retries,
         "node_timeout_s": node_timeout,
+        "max_cost_usd": max_cost,
+        "max_tokens": max_tokens,
     }
     changes = {k: v for k, v in changes.items() if v is not None}
-    if executor_llm:
-        changes["llm"] = {"executor": executor_llm}
+    if cli_llm:
+        changes["llm"] = cli_llm
 
     from crew.agents.goal import Goal
 
@@ -176,9 +242,18 @@ def run_command(
                 the_plan = plan
                 if the_plan is None:
                     from crew.agents.supervisor import Supervisor
+                    from crew.engine.budget import RunBudget
 
                     view.say(f"planning {goal.title!r} with the supervisor…")
-                    result = await Supervisor(client, settings).plan(goal)
+                    # the supervisor's calls count against the run's budget too
+                    budget = RunBudget.for_run(
+                        max_cost_usd=settings.run_max_cost_usd,
+                        max_tokens=settings.run_max_tokens,
+                    )
+                    supervisor_llm = RunOptions(llm=cli_llm).llm_override("supervisor")
+                    result = await Supervisor(client.with_budget(budget), settings).plan(
+                        goal, overrides=(supervisor_llm,)
+                    )
                     the_plan = result.plan
                     supervisor = SupervisorCalls(calls=list(result.calls))
                 options = RunOptions.from_settings(
@@ -203,7 +278,17 @@ def run_command(
 
     summary = run_async(main)
     view.finish(summary)
-    raise typer.Exit(EXIT_BY_STATUS.get(summary["status"], 1))
+    raise typer.Exit(exit_code(summary))
+
+
+def exit_code(summary: dict[str, Any]) -> int:
+    """The process exit code of a finished run (DESIGN §2): a spent budget is 3, a run
+    whose only failures are providers that could not answer is 4."""
+    if summary.get("error") == "budget_exceeded":
+        return BudgetExceededError.exit_code
+    if summary.get("error_code") == "provider_unavailable":
+        return UnavailableError.exit_code
+    return EXIT_BY_STATUS.get(summary["status"], 1)
 
 
 def _read_plan_file(task_file: str) -> Plan:

@@ -138,8 +138,9 @@ def _print_run(data: dict[str, Any], settings: Any) -> None:
     if data.get("error"):
         console.print(f"[red]error:[/] {data['error']}")
     table = Table(title="nodes")
+    # fold, never cut: a piped table is 80 columns wide and a cut key or path is useless
     for column in ("key", "type", "status", "role", "attempts", "tokens", "time", "error"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for node in data["nodes"]:
         elapsed = ""
         if node["started_at"] and node["ended_at"]:
@@ -162,7 +163,7 @@ def _print_run(data: dict[str, Any], settings: Any) -> None:
     console.print(table)
     artifacts = Table(title="artifacts")
     for column in ("node", "type", "path", "size"):
-        artifacts.add_column(column)
+        artifacts.add_column(column, overflow="fold")
     for artifact in data["artifacts"]:
         artifacts.add_row(
             artifact["node_key"] or "-",

@@ -115,6 +115,20 @@ class ProviderError(UnavailableError):
         self.retry_after_s = retry_after_s
 
 
+class NoProviderAnsweredError(ProviderError):
+    """Every provider that could answer a call failed (after retries and fallback).
+
+    The message lists each provider's reason. It is not retryable: the LLM client has
+    already retried and fallen back, and doing it all again would only multiply waits.
+    """
+
+    code = "provider_unavailable"
+
+    def __init__(self, message: str, *, provider: str, reasons: Sequence[str] = ()) -> None:
+        super().__init__(message, provider=provider, retryable=False)
+        self.reasons: list[str] = list(reasons)
+
+
 class DatabaseUnavailableError(UnavailableError):
     """The database cannot be reached."""
 

@@ -8,10 +8,12 @@ still checked to stay inside the run folder.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
-import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,19 +76,52 @@ class RunFiles:
         )
 
     def write_json(self, path: Path, payload: Any) -> WrittenFile:
-        return self.write_text(path, json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
+        return self.write_text(path, to_json_text(payload))
+
+    async def write_many(self, files: Sequence[tuple[Path, str]]) -> list[WrittenFile]:
+        """Write several files in a worker thread.
+
+        Creating files costs the filesystem far more than the bytes do; in a thread it
+        overlaps with the database commits and with other nodes' writes instead of
+        stalling the event loop that schedules every node.
+        """
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            _file_writers(), lambda: [self.write_text(p, t) for p, t in files]
+        )
+
+
+_FILE_WRITERS: ThreadPoolExecutor | None = None
+FILE_WRITER_THREADS = 4
+"""File creation waits on the filesystem, not the CPU: more threads than cores keep
+several creations in flight, which is what makes a wide run's writes overlap."""
+
+
+def _file_writers() -> ThreadPoolExecutor:
+    global _FILE_WRITERS
+    if _FILE_WRITERS is None:
+        _FILE_WRITERS = ThreadPoolExecutor(FILE_WRITER_THREADS, thread_name_prefix="crew-files")
+    return _FILE_WRITERS
+
+
+def to_json_text(payload: Any) -> str:
+    return json.dumps(payload, ensure_ascii=False, indent=2) + "\n"
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file and a rename."""
+    """Write `data` to `path` through a temporary file and a rename.
+
+    The temporary name is fixed per process and file (one executor owns a run, node keys
+    are unique), which avoids the random-name retries of a general temp file.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with open(tmp, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

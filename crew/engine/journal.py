@@ -15,6 +15,7 @@ from typing import Any
 
 from crew.domain.events import EventLevel, EventType
 from crew.engine.write_queue import WriteQueue
+from crew.store.records import NewEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,23 +81,24 @@ class Journal:
     async def commit(self, *events: EngineEvent, apply: Apply | None = None) -> Any:
         """Apply `apply(writer)` and insert `events` in one transaction; return apply's value."""
 
+        rows = [
+            NewEvent(
+                run_id=e.run_id,
+                type=e.type.value,
+                level=e.level.value,
+                message=e.message,
+                payload=e.payload,
+                node_id=e.node_id,
+                node_key=e.node_key,
+                request_id=e.request_id,
+                timestamp=e.timestamp,
+            )
+            for e in events
+        ]
+
         async def operation(writer: Any) -> tuple[Any, list[int]]:
             result = await apply(writer) if apply is not None else None
-            ids = []
-            for e in events:
-                ids.append(
-                    await writer.add_event(
-                        run_id=e.run_id,
-                        type=e.type.value,
-                        level=e.level.value,
-                        message=e.message,
-                        payload=e.payload,
-                        node_id=e.node_id,
-                        node_key=e.node_key,
-                        request_id=e.request_id,
-                        timestamp=e.timestamp,
-                    )
-                )
+            ids: list[int] = await writer.add_events(rows)
             return result, ids
 
         result, ids = await self.queue.submit(operation)

@@ -9,7 +9,7 @@ are committed in one transaction: a node is never `completed` without its artifa
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,13 +22,14 @@ from crew.domain.events import EventType
 from crew.domain.plan import NodeType, Plan
 from crew.domain.status import NodeStatus
 from crew.engine.checksum import node_checksum
-from crew.engine.files import RunFiles, WrittenFile
+from crew.engine.files import RunFiles, WrittenFile, to_json_text
 from crew.engine.journal import EngineEvent, Journal
 from crew.engine.options import RunOptions
 from crew.engine.sidecar import build_sidecar, usage_of
 from crew.engine.state import NodeState
 from crew.llm.client import CallResult, LLMClient, resolve_llm
 from crew.settings import Settings
+from crew.store.records import NewArtifact
 
 
 def render_manager_answer(answer: dict[str, Any]) -> str:
@@ -43,6 +44,10 @@ def render_manager_answer(answer: dict[str, Any]) -> str:
     if notes:
         lines.extend(["## Integration notes", str(notes), ""])
     return "\n".join(lines)
+
+
+def _no_op() -> None:
+    return None
 
 
 class NodeWork:
@@ -74,7 +79,7 @@ class NodeWork:
 
     def llm_fingerprint(self, state: NodeState) -> dict[str, Any]:
         kind = self.role_kind(state)
-        resolved = resolve_llm(self.settings, kind, self.options.llm_override(kind), state.spec.llm)
+        resolved = resolve_llm(self.settings, kind, *self.options.llm_layers(kind, state.spec.llm))
         return {
             "provider": resolved.provider,
             "model": resolved.model,
@@ -99,13 +104,14 @@ class NodeWork:
 
     # -- execution -------------------------------------------------------------------
 
-    async def perform(self, state: NodeState) -> None:
+    async def perform(self, state: NodeState, release: Callable[[], None] = _no_op) -> None:
+        """Execute the node; `release` is called once its LLM calls have answered."""
         if state.spec.type == NodeType.MANAGE:
-            await self._manage(state)
+            await self._manage(state, release)
         else:
-            await self._execute(state)
+            await self._execute(state, release)
 
-    async def _execute(self, state: NodeState) -> None:
+    async def _execute(self, state: NodeState, release: Callable[[], None]) -> None:
         spec = state.spec
         role = resolve_role(state.role or spec.suggested_agent_role, spec.type)
         state.role = role.name
@@ -122,19 +128,22 @@ class NodeWork:
             role=role,
             dependency_outputs=inputs,
             language=self.settings.crew_language,
-            overrides=(self.options.llm_override("executor"), spec.llm),
+            overrides=self.options.llm_layers("executor", spec.llm),
         )
-        markdown = self.files.write_text(self.files.artifact(state.key), call.response.text)
-        sidecar = self.files.write_json(
-            self.files.artifact_sidecar(state.key),
-            build_sidecar(
-                run_id=self.run_id,
-                node_key=state.key,
-                role=role.name,
-                operation="chat",
-                calls=[call],
-                prompt_max_chars=self.settings.sidecar_prompt_max_chars,
-            ),
+        release()
+        sidecar_payload = build_sidecar(
+            run_id=self.run_id,
+            node_key=state.key,
+            role=role.name,
+            operation="chat",
+            calls=[call],
+            prompt_max_chars=self.settings.sidecar_prompt_max_chars,
+        )
+        markdown, sidecar = await self.files.write_many(
+            [
+                (self.files.artifact(state.key), call.response.text),
+                (self.files.artifact_sidecar(state.key), to_json_text(sidecar_payload)),
+            ]
         )
         state.output = call.response.text
         await self._complete(
@@ -148,7 +157,7 @@ class NodeWork:
             extra_events=[],
         )
 
-    async def _manage(self, state: NodeState) -> None:
+    async def _manage(self, state: NodeState, release: Callable[[], None]) -> None:
         assert self.journal is not None
         spec = state.spec
         role = resolve_role(state.role or spec.suggested_agent_role, spec.type)
@@ -160,19 +169,22 @@ class NodeWork:
             manage_node=spec,
             dependents=[c.spec for c in children],
             language=self.settings.crew_language,
-            overrides=(self.options.llm_override("manager"), spec.llm),
+            overrides=self.options.llm_layers("manager", spec.llm),
         )
-        answer_file = self.files.write_json(self.files.manager_answer(state.key), result.answer)
-        sidecar = self.files.write_json(
-            self.files.manager_sidecar(state.key),
-            build_sidecar(
-                run_id=self.run_id,
-                node_key=state.key,
-                role=role.name,
-                operation="chat",
-                calls=result.calls,
-                prompt_max_chars=self.settings.sidecar_prompt_max_chars,
-            ),
+        release()
+        sidecar_payload = build_sidecar(
+            run_id=self.run_id,
+            node_key=state.key,
+            role=role.name,
+            operation="chat",
+            calls=result.calls,
+            prompt_max_chars=self.settings.sidecar_prompt_max_chars,
+        )
+        answer_file, sidecar = await self.files.write_many(
+            [
+                (self.files.manager_answer(state.key), to_json_text(result.answer)),
+                (self.files.manager_sidecar(state.key), to_json_text(sidecar_payload)),
+            ]
         )
         role_updates = {}
         for child in children:
@@ -253,8 +265,8 @@ class NodeWork:
         run_id, node_id, role = self.run_id, state.node_id, state.role
         summary = main_content[:280]
 
-        async def apply(writer: Any) -> None:
-            await writer.add_artifact(
+        artifacts = [
+            NewArtifact(
                 run_id=run_id,
                 node_id=node_id,
                 type=main_type,
@@ -263,8 +275,8 @@ class NodeWork:
                 summary=summary,
                 sha256=main.sha256,
                 size=main.size,
-            )
-            await writer.add_artifact(
+            ),
+            NewArtifact(
                 run_id=run_id,
                 node_id=node_id,
                 type="sidecar",
@@ -273,13 +285,19 @@ class NodeWork:
                 summary=None,
                 sha256=sidecar.sha256,
                 size=sidecar.size,
-            )
+            ),
+        ]
+
+        async def apply(writer: Any) -> None:
+            await writer.add_artifacts(artifacts)
             for child_id, child_role in role_updates.items():
                 await writer.update_node(child_id, role=child_role)
-            await writer.add_node_usage(node_id, input_tokens, output_tokens, cost)
             await writer.add_run_usage(run_id, input_tokens, output_tokens, cost)
-            await writer.update_node(
+            await writer.finish_node(
                 node_id,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                cost_usd=cost,
                 status=NodeStatus.COMPLETED.value,
                 ended_at=now,
                 checksum=checksum,

@@ -28,7 +28,12 @@ class RunOptions:
     overrides: tuple[str, ...] = ()
     """Node keys forced to run again on resume."""
     llm: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Per role kind (`executor`, `manager`, ...) LLM overrides from CLI flags or the API."""
+    """Per role kind (`executor`, `manager`, ...) LLM overrides from CLI flags: they beat
+    a plan node's own `llm`."""
+    request_llm: dict[str, Any] = field(default_factory=dict)
+    """LLM overrides of the request that created the run (`POST /tasks` `options.llm`):
+    below a node's own `llm`. Either one LLM object for every role kind, or an object
+    per role kind (`{"executor": {...}, "manager": {...}}`)."""
     max_cost_usd: float | None = None
     max_tokens: int | None = None
 
@@ -58,13 +63,31 @@ class RunOptions:
         return data
 
     def llm_override(self, role_kind: str) -> LLMSpec | None:
-        spec = self.llm.get(role_kind)
-        if not spec:
-            return None
-        return LLMSpec(
-            provider=spec.get("provider"),
-            model=spec.get("model"),
-            temperature=spec.get("temperature"),
-            max_tokens=spec.get("max_tokens"),
-            timeout_s=spec.get("timeout_s"),
-        )
+        """The CLI layer for `role_kind`."""
+        return _spec(self.llm.get(role_kind))
+
+    def request_override(self, role_kind: str) -> LLMSpec | None:
+        """The request layer for `role_kind`."""
+        data = self.request_llm
+        if any(kind in data for kind in LLM_ROLE_KINDS):
+            return _spec(data.get(role_kind))
+        return _spec(data)
+
+    def llm_layers(
+        self, role_kind: str, node_llm: LLMSpec | None = None
+    ) -> tuple[LLMSpec | None, LLMSpec | None, LLMSpec | None]:
+        """The override layers in precedence order: CLI flags, the node, the request
+        (resolve_llm's `cli`, `node`, `request`)."""
+        return self.llm_override(role_kind), node_llm, self.request_override(role_kind)
+
+
+def _spec(spec: Any) -> LLMSpec | None:
+    if not isinstance(spec, dict) or not spec:
+        return None
+    return LLMSpec(
+        provider=spec.get("provider"),
+        model=spec.get("model"),
+        temperature=spec.get("temperature"),
+        max_tokens=spec.get("max_tokens"),
+        timeout_s=spec.get("timeout_s"),
+    )

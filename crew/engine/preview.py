@@ -21,7 +21,7 @@ def preview_plan(
     nodes = []
     for node in plan.nodes:
         kind = "manager" if node.type == NodeType.MANAGE else "executor"
-        resolved = resolve_llm(settings, kind, options.llm_override(kind), node.llm)
+        resolved = resolve_llm(settings, kind, *options.llm_layers(kind, node.llm))
         nodes.append(
             {
                 "key": node.id,

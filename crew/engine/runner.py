@@ -16,11 +16,18 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from crew.domain.errors import CrewError, ProviderError
+from crew.domain.errors import (
+    BudgetExceededError,
+    ConflictError,
+    CrewError,
+    NoProviderAnsweredError,
+    ProviderError,
+)
 from crew.domain.events import EventLevel, EventType
 from crew.domain.plan import NodeType, Plan
 from crew.domain.status import NodeStatus, RunStatus
 from crew.engine.backoff import retry_delay
+from crew.engine.budget import RunBudget, RunBudgetExceeded
 from crew.engine.files import RunFiles, WrittenFile
 from crew.engine.journal import EventListener, Journal
 from crew.engine.node_work import NodeWork
@@ -30,6 +37,7 @@ from crew.engine.state import NodeState
 from crew.engine.summary import build_summary
 from crew.engine.write_queue import WriteQueue
 from crew.llm.client import CallResult
+from crew.store.records import NewArtifact
 
 log = logging.getLogger("crew.engine")
 
@@ -75,8 +83,20 @@ class RunExecutor:
         self.dependents = plan.dependents()
         self.journal: Journal | None = None
         self._running: dict[asyncio.Task[bool], str] = {}
+        # Nodes holding a concurrency slot: from their start until their LLM call has
+        # answered. Writing a node's files and rows happens outside the slot, so the
+        # next node's call starts while the previous one is still being stored.
+        self._calling: set[str] = set()
+        self._slot_freed = asyncio.Event()
         self._main_task: asyncio.Task[Any] | None = None
         self._cancel_requested = False
+        self._ownership_lost = False
+        self._releasing = False
+        """Set once this process starts recording the run's end (and releasing it)."""
+        self.budget: RunBudget | None = None
+        self._budget_reported = False
+        self._unavailable: set[str] = set()
+        """Nodes that failed because no LLM provider could answer (exit 4, not 1)."""
 
     def request_cancel(self) -> None:
         """Stop the run as `canceled` (a user asked), not `interrupted` (a process stopped)."""
@@ -103,7 +123,8 @@ class RunExecutor:
                 listeners=self.listeners,
             )
             self.work.journal = self.journal
-            heartbeat = asyncio.create_task(self._heartbeat(queue), name="crew-heartbeat")
+            self._install_budget(resumed, supervisor_calls)
+            heartbeat = asyncio.create_task(self._heartbeat(), name="crew-heartbeat")
             try:
                 if resumed:
                     await self._begin_resume()
@@ -115,6 +136,14 @@ class RunExecutor:
                     await self._schedule()
                 return await self._finish()
             except asyncio.CancelledError:
+                if self._ownership_lost:
+                    if self._main_task is not None:
+                        self._main_task.uncancel()
+                    await asyncio.shield(self._abandon())
+                    raise ConflictError(
+                        f"run {self.run.id} was taken over by another process (or declared "
+                        "interrupted after a missed heartbeat); this process stopped executing it"
+                    ) from None
                 if not self._cancel_requested:
                     await asyncio.shield(self._stop(RunStatus.INTERRUPTED))
                     raise
@@ -125,6 +154,42 @@ class RunExecutor:
             finally:
                 heartbeat.cancel()
                 await asyncio.gather(heartbeat, return_exceptions=True)
+
+    # -- budget ----------------------------------------------------------------------
+
+    def _install_budget(self, resumed: bool, supervisor_calls: Sequence[CallResult]) -> None:
+        """Every LLM call of this run goes through the run's budget (when it has one),
+        starting from what the run has spent so far."""
+        self.budget = RunBudget.for_run(
+            max_cost_usd=self.options.max_cost_usd,
+            max_tokens=self.options.max_tokens,
+            run=self.run,
+            calls=() if resumed else supervisor_calls,
+        )
+        if self.budget is not None:
+            self.work.client = self.work.client.with_budget(self.budget)
+
+    def _budget_spent(self) -> bool:
+        return self.budget is not None and self.budget.exceeded is not None
+
+    async def _budget_refused(self, state: NodeState, error: BudgetExceededError) -> None:
+        """A node's call was refused: BUDGET_EXCEEDED (first time), the node is skipped."""
+        assert self.journal is not None
+        state.status = NodeStatus.SKIPPED
+        if not self._budget_reported:
+            self._budget_reported = True
+            details = error.payload() if isinstance(error, RunBudgetExceeded) else {}
+            await self.journal.commit(
+                self.journal.event(
+                    EventType.BUDGET_EXCEEDED,
+                    f"budget exceeded at node {state.key}: {error.message}; no new LLM call starts",
+                    level=EventLevel.ERROR,
+                    node_id=state.node_id,
+                    node_key=state.key,
+                    **details,
+                )
+            )
+        await self._skip([state], "budget exceeded")
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -212,15 +277,19 @@ class RunExecutor:
                 cancel_requested_at=None,
             )
             if sidecar is not None and usage is not None:
-                await writer.add_artifact(
-                    run_id=run_id,
-                    node_id=None,
-                    type="sidecar",
-                    path=sidecar.relative,
-                    content=None,
-                    summary=None,
-                    sha256=sidecar.sha256,
-                    size=sidecar.size,
+                await writer.add_artifacts(
+                    [
+                        NewArtifact(
+                            run_id=run_id,
+                            node_id=None,
+                            type="sidecar",
+                            path=sidecar.relative,
+                            content=None,
+                            summary=None,
+                            sha256=sidecar.sha256,
+                            size=sidecar.size,
+                        )
+                    ]
                 )
                 await writer.add_run_usage(run_id, *usage)
 
@@ -239,6 +308,9 @@ class RunExecutor:
             state.status = NodeStatus.PENDING
         ids = [s.node_id for s in reset]
         run_id = self.run.id
+        # The options this resume executes with (flags may have changed them) are stored,
+        # so a later resume keeps them; one-off overrides are not.
+        stored_options = {**self.options.to_json(), "overrides": []}
         event = self.journal.event(
             EventType.RUN_RESUMED,
             f"run resumed: {len(reset)} node(s) to run, "
@@ -254,6 +326,7 @@ class RunExecutor:
                 ended_at=None,
                 error=None,
                 cancel_requested_at=None,
+                options=stored_options,
             )
             for node_id in ids:
                 await writer.update_node(
@@ -264,13 +337,21 @@ class RunExecutor:
 
     async def _finish(self) -> dict[str, Any]:
         assert self.journal is not None
+        self._releasing = True
         failed = sorted(s.key for s in self.states.values() if s.status == NodeStatus.FAILED)
-        status = RunStatus.FAILED if failed else RunStatus.COMPLETED
+        budget_hit = self._budget_spent()
+        status = RunStatus.FAILED if failed or budget_hit else RunStatus.COMPLETED
         error = f"{len(failed)} node(s) failed: {', '.join(failed)}" if failed else None
+        error_code = "node_failed" if failed else None
+        if budget_hit:
+            error, error_code = "budget_exceeded", "budget_exceeded"
+        elif failed and set(failed) <= self._unavailable:
+            error_code = "provider_unavailable"
         now = utcnow()
-        summary, written = await self._write_summary(status, now)
-        event_type = EventType.RUN_FAILED if failed else EventType.RUN_COMPLETED
-        level = EventLevel.ERROR if failed else EventLevel.INFO
+        summary, written = await self._write_summary(status, now, error)
+        summary["error_code"] = error_code
+        event_type = EventType.RUN_FAILED if status == RunStatus.FAILED else EventType.RUN_COMPLETED
+        level = EventLevel.ERROR if status == RunStatus.FAILED else EventLevel.INFO
         message = f"run {status.value}" + (f": {error}" if error else "")
         event = self.journal.event(
             event_type,
@@ -288,15 +369,19 @@ class RunExecutor:
         owner = self.owner
 
         async def apply(writer: Any) -> None:
-            await writer.add_artifact(
-                run_id=run_id,
-                node_id=None,
-                type="summary",
-                path=written.relative,
-                content=None,
-                summary=None,
-                sha256=written.sha256,
-                size=written.size,
+            await writer.add_artifacts(
+                [
+                    NewArtifact(
+                        run_id=run_id,
+                        node_id=None,
+                        type="summary",
+                        path=written.relative,
+                        content=None,
+                        summary=None,
+                        sha256=written.sha256,
+                        size=written.size,
+                    )
+                ]
             )
             await writer.update_run(run_id, status=status.value, ended_at=now, error=error)
             await writer.release_run(run_id, owner)
@@ -305,7 +390,7 @@ class RunExecutor:
         return summary
 
     async def _write_summary(
-        self, status: RunStatus, ended_at: datetime
+        self, status: RunStatus, ended_at: datetime, error: str | None = None
     ) -> tuple[dict[str, Any], WrittenFile]:
         run = await self.repo.get_run(self.run.id)
         summary = build_summary(
@@ -315,6 +400,7 @@ class RunExecutor:
             sinks=self.plan.sinks(),
             runs_root=self.files.runs_root,
             ended_at=ended_at,
+            error=error,
         )
         return summary, self.files.write_json(self.files.summary(), summary)
 
@@ -326,11 +412,12 @@ class RunExecutor:
     async def _stop(self, status: RunStatus) -> None:
         """Stop in-flight nodes and leave the run `interrupted` (resumable) or `canceled`."""
         assert self.journal is not None
+        self._releasing = True
         tasks = list(self._running)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        in_flight = [self.states[key] for key in self._running.values()]
+        in_flight = await self._still_unfinished([self.states[k] for k in self._running.values()])
         self._running.clear()
         canceled = status == RunStatus.CANCELED
         stopped = in_flight + (
@@ -369,20 +456,55 @@ class RunExecutor:
 
         await self.journal.commit(event, apply=apply)
 
-    async def _heartbeat(self, queue: WriteQueue) -> None:
+    async def _still_unfinished(self, states: list[NodeState]) -> list[NodeState]:
+        """The cancelled nodes that did not complete.
+
+        A node cancelled while its completion was queued still gets committed (the
+        queue runs what it was given); it must not then be relabelled `canceled`, or a
+        resume would run it again. Wait for what is queued, then ask the database.
+        """
+        if not states:
+            return []
+        assert self.journal is not None
+
+        async def barrier(writer: Any) -> None:
+            return None
+
+        await self.journal.queue.submit(barrier)
+        done = {n.id for n in await self.repo.list_nodes(self.run.id) if n.status == "completed"}
+        for state in states:
+            if state.node_id in done:
+                state.status = NodeStatus.COMPLETED
+        return [s for s in states if s.node_id not in done]
+
+    async def _abandon(self) -> None:
+        """Stop in-flight nodes without recording anything: the run is not ours any more."""
+        tasks = list(self._running)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._running.clear()
+
+    async def _heartbeat(self) -> None:
+        """Prove this process is alive, and notice a cancel request made elsewhere.
+
+        Its own short transaction, outside the write queue: a slow group commit must
+        not delay the beat that tells readers this run is still alive.
+        """
         run_id, owner = self.run.id, self.owner
         while True:
             await asyncio.sleep(self.heartbeat_interval_s)
-
-            async def beat(writer: Any) -> tuple[bool, bool]:
-                alive: bool = await writer.heartbeat(run_id, owner, utcnow())
-                run = await writer.get_run(run_id)
-                return alive, run is not None and run.cancel_requested_at is not None
-
-            alive, cancel = await queue.submit(beat)
-            if not alive:
-                log.warning("run %s: another process took this run over", run_id)
-            if cancel:
+            if not await self.repo.heartbeat(run_id, owner, utcnow()):
+                if self._releasing:  # our own release, not a takeover
+                    return
+                # Someone else owns the run now: going on would execute it twice.
+                log.warning("run %s: another process took this run over; stopping", run_id)
+                self._ownership_lost = True
+                if self._main_task is not None:
+                    self._main_task.cancel()
+                return
+            run = await self.repo.get_run(run_id)
+            if run is not None and run.cancel_requested_at is not None:
                 self.request_cancel()
 
     # -- scheduling ------------------------------------------------------------------
@@ -397,7 +519,7 @@ class RunExecutor:
         heapq.heapify(ready)
         limit = max(1, self.options.max_concurrency)
         while ready or self._running:
-            while ready and len(self._running) < limit:
+            while ready and len(self._calling) < limit and not self._budget_spent():
                 _, key = heapq.heappop(ready)
                 state = self.states[key]
                 if self.work.can_reuse(state, self.options.overrides):
@@ -405,15 +527,32 @@ class RunExecutor:
                     continue
                 task = asyncio.create_task(self._run_node(state), name=f"crew-node-{key}")
                 self._running[task] = key
+                self._calling.add(key)
             if not self._running:
                 break
-            done, _ = await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
+            slot_freed = asyncio.ensure_future(self._slot_freed.wait())
+            done, _ = await asyncio.wait(
+                {*self._running, slot_freed}, return_when=asyncio.FIRST_COMPLETED
+            )
+            slot_freed.cancel()
+            self._slot_freed.clear()
+            done.discard(slot_freed)
             for task in sorted(done, key=lambda t: self.states[self._running[t]].position):
                 key = self._running.pop(task)
+                self._calling.discard(key)
                 if task.result():
                     self._release_dependents(key, waiting, ready)
-                else:
+                elif self.states[key].status != NodeStatus.SKIPPED:  # skipped: budget
                     await self._skip_descendants(key)
+        if self._budget_spent():
+            pending = [s for s in self.states.values() if s.status == NodeStatus.PENDING]
+            if pending:
+                await self._skip(sorted(pending, key=lambda s: s.position), "budget exceeded")
+
+    def _free_slot(self, key: str) -> None:
+        if key in self._calling:
+            self._calling.discard(key)
+            self._slot_freed.set()
 
     def _release_dependents(
         self, key: str, waiting: dict[str, int], ready: list[tuple[int, str]]
@@ -431,7 +570,10 @@ class RunExecutor:
             attempt += 1
             await self._mark_started(state, attempt)
             try:
-                await asyncio.wait_for(self.work.perform(state), self.options.node_timeout_s)
+                await asyncio.wait_for(
+                    self.work.perform(state, release=lambda: self._free_slot(state.key)),
+                    self.options.node_timeout_s,
+                )
                 return True
             except TimeoutError:
                 error: CrewError | Exception = ProviderError(
@@ -441,6 +583,9 @@ class RunExecutor:
                 )
             except ProviderError as provider_error:
                 error = provider_error
+            except BudgetExceededError as budget_error:
+                await self._budget_refused(state, budget_error)
+                return False
             except CrewError as crew_error:
                 await self._mark_failed(state, str(crew_error))
                 return False
@@ -450,6 +595,8 @@ class RunExecutor:
                 return False
             retryable = isinstance(error, ProviderError) and error.retryable
             if not retryable or attempt > self.options.retries:
+                if isinstance(error, NoProviderAnsweredError):
+                    self._unavailable.add(state.key)
                 await self._mark_failed(state, str(error))
                 return False
             delay = retry_delay(self.options.retry_base_delay, attempt, self.rng)

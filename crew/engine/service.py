@@ -72,6 +72,15 @@ def initial_role(plan: Plan, key: str) -> str | None:
     return resolve_role(node.suggested_agent_role, node.type).name
 
 
+def check_run_id(run_id: str) -> None:
+    """Refuse a user-chosen run id outside the node-key charset (it names a folder)."""
+    if not is_valid_key(run_id):
+        raise InvalidInputError(
+            f"invalid run id {run_id!r}: use letters, digits, '.', '_' or '-' "
+            "(starting with a letter or digit, at most 64 characters)"
+        )
+
+
 async def create_run(
     repo: Any,
     settings: Settings,
@@ -86,11 +95,7 @@ async def create_run(
 
     if run_id is None:
         run_id = str(uuid.uuid4())
-    elif not is_valid_key(run_id):
-        raise InvalidInputError(
-            f"invalid run id {run_id!r}: use letters, digits, '.', '_' or '-' "
-            "(starting with a letter or digit, at most 64 characters)"
-        )
+    check_run_id(run_id)
     unknown = [key for key in options.overrides if key not in {n.id for n in plan.nodes}]
     if unknown:
         raise InvalidInputError(f"--override names unknown node(s): {', '.join(unknown)}")
@@ -172,6 +177,8 @@ async def execute_run(
     changes = dict(option_changes or {})
     if overrides:
         changes["overrides"] = tuple(overrides)
+    if "llm" in changes:  # per role kind: changing the executor keeps a manager override
+        changes["llm"] = {**options.llm, **changes["llm"]}
     if changes:
         options = RunOptions.from_json({**options.to_json(), **changes})
     plan = parse_plan(run.task_spec)
@@ -322,4 +329,5 @@ async def run_summary(repo: Any, settings: Settings, run_id: str) -> dict[str, A
         sinks=plan.sinks(),
         runs_root=settings.runs_root,
         ended_at=run.ended_at or utcnow(),
+        error=run.error,
     )

@@ -35,6 +35,8 @@ def build_sidecar(
 
     A manager or supervisor may need several calls (repair requests); the sidecar keeps
     the answering call's details and sums the tokens and cost of all of them.
+    `attempts` counts every try (retries and fallback providers included) and
+    `attempts_detail` lists them, failed ones with their error and HTTP status.
     """
     last = calls[-1]
     costs = [c.cost_usd for c in calls]
@@ -60,6 +62,7 @@ def build_sidecar(
         "calls": len(calls),
         "finish_reason": last.response.finish_reason,
         "fallback_from": last.fallback_from,
+        "attempts_detail": [a.to_dict() for c in calls for a in c.attempt_log],
         "started_at": calls[0].started_at.isoformat(),
         "ended_at": last.ended_at.isoformat(),
         "prompts": {

@@ -19,7 +19,9 @@ def build_summary(
     sinks: Sequence[str],
     runs_root: Path,
     ended_at: datetime,
+    error: str | None = None,
 ) -> dict[str, Any]:
+    """`error` is the run's error (`budget_exceeded`, the failed nodes...), None on success."""
     ordered = sorted(states.values(), key=lambda s: s.position)
     counts = {status.value: 0 for status in NodeStatus}
     for state in ordered:
@@ -47,4 +49,5 @@ def build_summary(
         "output_tokens": run.output_tokens,
         "cost_usd": None if run.cost_unknown else round(run.cost_usd, 8),
         "duration_ms": round((ended_at - started).total_seconds() * 1000, 1),
+        "error": error,
     }

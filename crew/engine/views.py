@@ -18,7 +18,9 @@ RUN_LIST_FIELDS = (
     "output_tokens",
     "error",
 )
-HIDDEN_FIELDS = frozenset({"owner", "heartbeat_at", "claimed_by", "lease_expires_at"})
+HIDDEN_FIELDS = frozenset(
+    {"owner", "heartbeat_at", "claimed_by", "lease_expires_at", "idempotency_key"}
+)
 """Execution bookkeeping: meaningful to the engine, noise to a reader."""
 
 

@@ -21,9 +21,9 @@ T = TypeVar("T")
 
 
 class BatchSource(Protocol):
-    """Anything that opens a transaction yielding a writer (the repository does)."""
+    """Anything that opens a buffered transaction yielding a writer (the repository does)."""
 
-    def batch(self) -> Any: ...
+    def bulk(self) -> Any: ...
 
 
 Operation = Callable[[Any], Awaitable[Any]]
@@ -67,6 +67,9 @@ class WriteQueue:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
+            # Let every task that is ready right now queue its operation first: this one
+            # yield is what turns a burst of node completions into a single commit.
+            await asyncio.sleep(0)
             while self._pending:
                 group = self._pending[: self._max_group]
                 del self._pending[: self._max_group]
@@ -77,7 +80,7 @@ class WriteQueue:
     async def _commit_group(self, group: list[tuple[Operation, asyncio.Future[Any]]]) -> None:
         results: list[Any] = []
         try:
-            async with self._source.batch() as writer:
+            async with self._source.bulk() as writer:
                 for operation, _ in group:
                     results.append(await operation(writer))
         except Exception:
@@ -94,7 +97,7 @@ class WriteQueue:
 
     async def _run_alone(self, operation: Operation, future: asyncio.Future[Any]) -> None:
         try:
-            async with self._source.batch() as writer:
+            async with self._source.bulk() as writer:
                 result = await operation(writer)
         except Exception as error:  # delivered to the caller that queued it
             if not future.done():

@@ -3,21 +3,39 @@
 Agents never pick a provider themselves: they name their role kind and pass the layers
 of overrides they know about, and `resolve_llm` applies one precedence rule everywhere
 (CLI flags > node > request options > `<ROLE>_*` settings > `LLM_DEFAULT_*`). The
-result records where each value came from, for dry runs and sidecars.
+result records where each value came from, for dry runs, `crew doctor` and sidecars.
+
+`LLMClient.call` then makes the call the way every caller needs it made: within the
+provider's concurrency limit, retried on transient failures (HTTP providers), handed to
+LLM_FALLBACK_ORDER when the provider cannot answer, priced once, and checked against a
+run budget before it starts. Every try is recorded, because the sidecar shows them.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
-from crew.domain.errors import ConfigError
+from crew.domain.errors import ConfigError, NoProviderAnsweredError, ProviderError
 from crew.domain.plan import LLMSpec
 from crew.llm.base import LLMRequest, LLMResponse, Message, Provider
+from crew.llm.limits import ProviderLimits
+from crew.llm.pricing import Price, cost_usd, price_for
 from crew.llm.registry import ProviderRegistry
+from crew.llm.retry import Attempt, with_retries
 from crew.settings import ROLE_NAMES, Settings
+
+log = logging.getLogger("crew.llm")
+
+RETRIED_PROVIDERS: frozenset[str] = frozenset({"ollama", "openai"})
+"""Providers whose calls are retried here (OPENAI_MAX_RETRIES and backoff settings).
+
+The offline provider cannot fail transiently, so it is called once; a failure of any
+other provider is left to the caller (node retries).
+"""
 
 DEFAULT_OVERRIDE_SOURCES: tuple[str, ...] = ("cli", "node", "request")
 """Labels of the override layers by position; pass None for a layer that is absent."""
@@ -117,25 +135,121 @@ class CallResult:
     """One LLM call as the engine records it (sidecar, events, totals)."""
 
     request: LLMRequest
+    """The request that was answered (its model is the fallback's when one answered)."""
     response: LLMResponse
     provider: str
+    """The provider that answered."""
     model: str
     """The model requested (the provider's answering model when none was requested)."""
     started_at: datetime
     ended_at: datetime
     attempts: int = 1
+    """Tries made for this call, across retries and fallback providers."""
     fallback_from: str | None = None
+    """The provider resolved for the call when another one (LLM_FALLBACK_ORDER) answered."""
     cost_usd: float | None = None
     price_source: str | None = None
     resolved: ResolvedLLM | None = None
+    attempt_log: list[Attempt] = field(default_factory=list)
+    """Every try, failed ones included, in order."""
+
+
+class CallBudget(Protocol):
+    """What the client needs from a run budget (crew.engine.budget implements it).
+
+    `reserve` is awaited before a call starts and raises BudgetExceededError when the
+    call's worst case does not fit; `settle` is called exactly once per reservation, with
+    the finished call, or None when the call failed (nothing was spent).
+    """
+
+    async def reserve(self, request: LLMRequest, price: Price | None) -> object: ...
+
+    def settle(self, token: object, result: CallResult | None) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A provider and model to try for one call; `skip` says why it cannot be tried."""
+
+    provider: str
+    model: str | None
+    skip: str | None = None
+
+
+def fallback_model(settings: Settings, provider: str) -> str | None:
+    """The model a provider is tried with as a fallback.
+
+    `<PROVIDER>_FALLBACK_MODEL` when set; otherwise LLM_DEFAULT_MODEL when that provider is
+    LLM_DEFAULT_PROVIDER (the model was chosen for it). Never the failed call's model: a
+    model name belongs to its provider, and an Ollama tag means nothing to another server.
+    """
+    configured = {
+        "ollama": settings.ollama_fallback_model,
+        "openai": settings.openai_fallback_model,
+    }.get(provider)
+    if configured:
+        return configured
+    if settings.llm_default_provider == provider:
+        return settings.llm_default_model
+    return None
+
+
+def call_candidates(settings: Settings, provider: str, model: str | None) -> list[Candidate]:
+    """The resolved provider first, then LLM_FALLBACK_ORDER, each at most once.
+
+    `offline` is only ever tried when it is listed: crew never answers with it silently.
+    A provider listed again with the same model is skipped (its retries already ran);
+    an HTTP provider without a fallback model is reported, not guessed at.
+    """
+    candidates = [Candidate(provider, model)]
+    seen = {(provider, model)}
+    for name in settings.llm_fallback_order:
+        chosen = fallback_model(settings, name)
+        if (name, chosen) in seen or (name == provider and chosen is None):
+            continue
+        seen.add((name, chosen))
+        if chosen is None and name in RETRIED_PROVIDERS:
+            candidates.append(
+                Candidate(name, None, f"no fallback model: set {name.upper()}_FALLBACK_MODEL")
+            )
+            continue
+        candidates.append(Candidate(name, chosen))
+    return candidates
+
+
+@dataclass(slots=True)
+class _Outcome:
+    response: LLMResponse
+    request: LLMRequest
+    provider: str
+    attempt_log: list[Attempt]
+    fallback_from: str | None
+    reservation: object | None
 
 
 class LLMClient:
-    """Resolves, calls, times and prices LLM calls for every agent."""
+    """Resolves, calls, times and prices LLM calls for every agent.
 
-    def __init__(self, settings: Settings, providers: ProviderRegistry) -> None:
+    One client per process: its ProviderLimits are what bound calls in flight to each
+    provider across every node and run. `with_budget` returns a view that shares them.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        providers: ProviderRegistry,
+        *,
+        limits: ProviderLimits | None = None,
+        budget: CallBudget | None = None,
+    ) -> None:
         self.settings = settings
         self.providers = providers
+        self.limits = limits if limits is not None else ProviderLimits(settings)
+        self.budget = budget
+
+    def with_budget(self, budget: CallBudget | None) -> LLMClient:
+        """This client with every call checked against `budget` (shares providers, limits)."""
+        return LLMClient(self.settings, self.providers, limits=self.limits, budget=budget)
 
     def resolve(self, role_kind: str, overrides: Sequence[LLMSpec | None] = ()) -> ResolvedLLM:
         return resolve_llm(self.settings, role_kind, *overrides)
@@ -148,9 +262,12 @@ class LLMClient:
         *,
         wants_json: bool = False,
         overrides: Sequence[LLMSpec | None] = (),
+        budget: CallBudget | None = None,
     ) -> CallResult:
+        """Make one call; raises ProviderError when nothing could answer and
+        BudgetExceededError when the budget refused it (nothing was sent then)."""
+        budget = budget if budget is not None else self.budget
         resolved = self.resolve(role_kind, overrides)
-        provider = self.providers.get(resolved.provider)
         request = LLMRequest(
             role=agent_role,
             messages=tuple(messages),
@@ -161,35 +278,171 @@ class LLMClient:
             wants_json=wants_json,
         )
         started_at = datetime.now(UTC)
-        response, attempts, fallback_from = await self._complete(provider, request, resolved)
+        outcome = await self._complete(request, resolved, budget)
         ended_at = datetime.now(UTC)
-        cost, price_source = self._price(resolved.provider, response)
-        return CallResult(
-            request=request,
+        response = outcome.response
+        cost, price_source = self._price(outcome.provider, outcome.request.model, response)
+        result = CallResult(
+            request=outcome.request,
             response=response,
-            provider=resolved.provider,
-            model=resolved.model or response.model,
+            provider=outcome.provider,
+            model=outcome.request.model or response.model,
             started_at=started_at,
             ended_at=ended_at,
-            attempts=attempts,
-            fallback_from=fallback_from,
+            attempts=len(outcome.attempt_log) or 1,
+            fallback_from=outcome.fallback_from,
             cost_usd=cost,
             price_source=price_source,
             resolved=resolved,
+            attempt_log=outcome.attempt_log,
         )
+        if budget is not None:
+            budget.settle(outcome.reservation, result)
+        return result
 
     async def _complete(
-        self, provider: Provider, request: LLMRequest, resolved: ResolvedLLM
-    ) -> tuple[LLMResponse, int, str | None]:
-        """Make the call; returns (response, attempts, the provider a fallback replaced).
+        self, request: LLMRequest, resolved: ResolvedLLM, budget: CallBudget | None
+    ) -> _Outcome:
+        """Try the resolved provider, then LLM_FALLBACK_ORDER, until one answers.
 
-        The seam for HTTP providers' retries and LLM_FALLBACK_ORDER: a fallback must be
-        recorded in `fallback_from`, never hidden.
+        Each provider is reserved against the budget at its own price before it is tried
+        (a fallback may cost more than the provider it replaces); a failed try releases
+        its reservation. A fallback is recorded in `fallback_from`, never hidden.
         """
-        return await provider.complete(request), 1, None
+        attempt_log: list[Attempt] = []
+        reasons: list[str] = []
+        errors: list[ProviderError] = []
+        candidates = call_candidates(self.settings, resolved.provider, resolved.model)
+        for index, candidate in enumerate(candidates):
+            label = (
+                f"{candidate.provider}/{candidate.model}" if candidate.model else candidate.provider
+            )
+            if candidate.skip is not None:
+                reasons.append(f"{label}: {candidate.skip}")
+                continue
+            if index == 0:
+                provider = self.providers.get(candidate.provider)  # misconfigured: ConfigError
+            else:
+                try:
+                    provider = self.providers.get(candidate.provider)
+                except ConfigError as error:
+                    reasons.append(f"{label}: {error.message}")
+                    continue
+            attempt_request = request if index == 0 else replace(request, model=candidate.model)
+            reservation = None
+            if budget is not None:
+                price = price_for(self.settings, candidate.provider, attempt_request.model, None)
+                reservation = await budget.reserve(attempt_request, price)
+            try:
+                response = await self._attempt(
+                    candidate.provider, provider, attempt_request, attempt_log
+                )
+            except ProviderError as error:
+                if budget is not None:
+                    budget.settle(reservation, None)
+                reasons.append(f"{label}: {error.message}")
+                errors.append(error)
+                if len(candidates) > 1:
+                    log.warning("%s failed: %s", label, error.message)
+                continue
+            except BaseException:
+                if budget is not None:
+                    budget.settle(reservation, None)
+                raise
+            return _Outcome(
+                response=response,
+                request=attempt_request,
+                provider=candidate.provider,
+                attempt_log=attempt_log,
+                fallback_from=resolved.provider if index > 0 else None,
+                reservation=reservation,
+            )
+        raise self._nothing_answered(resolved, reasons, errors, attempt_log)
 
-    def _price(self, provider: str, response: LLMResponse) -> tuple[float | None, str | None]:
-        """Cost in USD and where the price came from; None when crew has no price."""
-        if provider == "offline":
-            return 0.0, "local"
-        return None, None
+    async def _attempt(
+        self, name: str, provider: Provider, request: LLMRequest, attempt_log: list[Attempt]
+    ) -> LLMResponse:
+        """One provider's tries: retried for HTTP providers, each holding a concurrency
+        slot only while the request is in flight (not while waiting to retry)."""
+
+        async def once() -> LLMResponse:
+            async with self.limits.slot(name):
+                return await provider.complete(request)
+
+        if name in RETRIED_PROVIDERS:
+
+            def on_retry(attempt: int, error: ProviderError, delay: float) -> None:
+                log.warning(
+                    "%s/%s attempt %d failed (%s); retrying in %.2fs",
+                    name,
+                    request.model,
+                    attempt,
+                    error.message,
+                    delay,
+                )
+
+            response, _ = await with_retries(
+                once,
+                max_retries=self.settings.openai_max_retries,
+                base_ms=self.settings.openai_backoff_base_ms,
+                factor=self.settings.openai_backoff_factor,
+                on_retry=on_retry,
+                provider=name,
+                model=request.model,
+                attempts_log=attempt_log,
+            )
+            return response
+        try:
+            response = await once()
+        except ProviderError as error:
+            attempt_log.append(
+                Attempt(
+                    1,
+                    name,
+                    request.model,
+                    ok=False,
+                    error=error.message,
+                    status=_status(error),
+                    retryable=error.retryable,
+                )
+            )
+            raise
+        attempt_log.append(Attempt(1, name, request.model, ok=True))
+        return response
+
+    def _nothing_answered(
+        self,
+        resolved: ResolvedLLM,
+        reasons: list[str],
+        errors: list[ProviderError],
+        attempt_log: list[Attempt],
+    ) -> ProviderError:
+        """The error of a call nobody answered.
+
+        A single failure of a provider that is not retried here (offline, a test double)
+        is returned unchanged, so node retries still apply to it. Otherwise the retries
+        are spent: a NoProviderAnsweredError lists every provider's reason.
+        """
+        retried = any(a.provider in RETRIED_PROVIDERS for a in attempt_log)
+        if len(errors) == 1 and len(reasons) == 1 and not retried:
+            return errors[0]
+        if len(reasons) == 1 and len(errors) == 1:
+            message = errors[0].message
+        else:
+            message = "no LLM provider could answer: " + "; ".join(reasons)
+        return NoProviderAnsweredError(message, provider=resolved.provider, reasons=reasons)
+
+    def _price(
+        self, provider: str, requested_model: str | None, response: LLMResponse
+    ) -> tuple[float | None, str | None]:
+        """Cost in USD, fixed now, and where the price came from; None when nobody priced
+        the model (pricing warns once)."""
+        price = price_for(self.settings, provider, requested_model, response.model)
+        if price is None:
+            return None, None
+        return cost_usd(price, response.input_tokens, response.output_tokens), price.source
+
+
+def _status(error: ProviderError) -> int | None:
+    status = getattr(error, "status", None)
+    return status if isinstance(status, int) else None

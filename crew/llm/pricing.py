@@ -88,9 +88,15 @@ def table_price(model: str) -> tuple[float, float] | None:
 
 
 def price_for(
-    settings: Settings, provider: str, requested_model: str | None, response_model: str | None
+    settings: Settings,
+    provider: str,
+    requested_model: str | None,
+    response_model: str | None,
+    *,
+    warn: bool = True,
 ) -> Price | None:
-    """The price of a call, or None when nobody priced the model (warned once per process).
+    """The price of a call, or None when nobody priced the model (warned once per process,
+    unless `warn` is False: diagnostics report it themselves).
 
     Env overrides are looked up by the requested model, then by the response's model (then
     by either without its date suffix); a half given in the env completes with the table's
@@ -112,13 +118,16 @@ def price_for(
             completion = table[1]
         if prompt is not None and completion is not None:
             return Price(prompt, completion, "env")
-        _warn_once(provider, name, f"OPENAI_PRICE_*_{key}_PER_1K sets only one of two prices")
+        if warn:
+            _warn_once(provider, name, f"OPENAI_PRICE_*_{key}_PER_1K sets only one of two prices")
         return None
     for name in names:
         table = table_price(name)
         if table is not None:
             return Price(table[0], table[1], f"table:{PRICE_TABLE_VERSION}")
     model = requested_model or response_model or "(no model)"
+    if not warn:
+        return None
     _warn_once(
         provider,
         model,

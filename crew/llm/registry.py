@@ -41,8 +41,8 @@ def _offline(settings: Settings) -> Provider:
 
 FACTORIES: dict[str, ProviderFactory] = {
     "offline": _offline,
-    # Adding a provider is one line, e.g.
-    # "ollama": lazy_factory("crew.llm.ollama", "OllamaProvider"),
+    "ollama": lazy_factory("crew.llm.ollama", "from_settings"),
+    "openai": lazy_factory("crew.llm.openai", "from_settings"),
 }
 
 

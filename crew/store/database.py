@@ -24,6 +24,7 @@ from crew.store.repository import Repository
 
 if TYPE_CHECKING:
     from crew.settings import Settings
+    from crew.store.sync_writer import SyncWriter
 
 SQLITE = "sqlite+aiosqlite"
 POSTGRES = "postgresql+asyncpg"
@@ -157,8 +158,20 @@ async def _upgrade_sqlite(engine: AsyncEngine, where: str) -> None:
 async def open_repository(settings: Settings) -> AsyncIterator[Repository]:
     """Open DATABASE_URL, make sure the schema is current, and yield the repository."""
     engine = create_engine(settings.database_url)
+    writer = _sqlite_writer(engine)
     try:
         await ensure_schema(engine)
-        yield Repository(engine)
+        yield Repository(engine, sync_writer=writer)
     finally:
+        if writer is not None:
+            writer.close()
         await engine.dispose()
+
+
+def _sqlite_writer(engine: AsyncEngine) -> SyncWriter | None:
+    """The group-commit writer for a SQLite file; None for other databases."""
+    if engine.url.drivername != SQLITE or sqlite_file(engine.url) is None:
+        return None
+    from crew.store.sync_writer import SyncWriter
+
+    return SyncWriter(engine.url, _sqlite_pragmas)

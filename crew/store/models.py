@@ -47,6 +47,7 @@ class Run(SQLModel, table=True):
         Index("ix_runs_created_at", "created_at"),
         Index("ix_runs_started_at", "started_at"),
         Index("ix_runs_status_created_at", "status", "created_at"),
+        Index("ix_runs_idempotency_key", "idempotency_key", unique=True),
     )
 
     id: str = Field(sa_type=String(64), primary_key=True)
@@ -72,6 +73,9 @@ class Run(SQLModel, table=True):
     heartbeat_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
     cancel_requested_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
     updated_at: datetime = Field(sa_type=UTCDateTime())
+    # A digest of (API key, Idempotency-Key) for runs started by `POST /tasks`: a repeated
+    # request finds its run here, across restarts and server processes.
+    idempotency_key: str | None = Field(default=None, sa_type=String(64))
 
 
 class Node(SQLModel, table=True):

@@ -31,6 +31,7 @@ class RunRecord:
     heartbeat_at: datetime | None
     cancel_requested_at: datetime | None
     updated_at: datetime
+    idempotency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +100,20 @@ class NewNode:
     spec: dict[str, Any]
     status: str
     checksum: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewArtifact:
+    """An artifact to insert with `add_artifacts`; id and created_at are generated."""
+
+    run_id: str
+    node_id: str | None
+    type: str
+    path: str
+    content: str | None
+    summary: str | None
+    sha256: str
+    size: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Table, delete, func, insert, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
@@ -30,11 +30,16 @@ from crew.store.models import artifacts_table, events_table, nodes_table, runs_t
 from crew.store.records import (
     ArtifactRecord,
     EventRecord,
+    NewArtifact,
     NewEvent,
     NewNode,
     NodeRecord,
     RunRecord,
 )
+
+if TYPE_CHECKING:
+    from crew.store.bulk import BulkWriter
+    from crew.store.sync_writer import SyncWriter
 
 AMBIGUOUS_SHOWN = 5
 
@@ -200,6 +205,26 @@ class _Queries:
         where = [nodes_table.c.id == node_id, *_status_filter(nodes_table, when_status)]
         return await self._update(update(nodes_table).where(*where).values(values))
 
+    async def finish_node(
+        self,
+        node_id: str,
+        *,
+        input_tokens: int,
+        output_tokens: int,
+        cost_usd: float | None,
+        **columns: Any,
+    ) -> bool:
+        """Set `columns` and add one execution's usage in a single UPDATE.
+
+        The hot path of every node: one statement instead of an update plus an increment.
+        """
+        c = nodes_table.c
+        values = _checked(nodes_table, columns)
+        values["input_tokens"] = c.input_tokens + input_tokens
+        values["output_tokens"] = c.output_tokens + output_tokens
+        values["cost_usd"] = None if cost_usd is None else c.cost_usd + cost_usd
+        return await self._update(update(nodes_table).where(c.id == node_id).values(values))
+
     async def add_node_usage(
         self, node_id: str, input_tokens: int, output_tokens: int, cost_usd: float | None
     ) -> None:
@@ -234,6 +259,18 @@ class _Queries:
             await conn.execute(insert(artifacts_table).values(_as_dict(record)))
         return record
 
+    async def add_artifacts(self, artifacts: Sequence[NewArtifact]) -> list[ArtifactRecord]:
+        """Insert several artifacts in one executemany (a node writes two at once)."""
+        now = utcnow()
+        records = [
+            ArtifactRecord(id=str(uuid.uuid4()), created_at=now, **dataclasses.asdict(a))
+            for a in artifacts
+        ]
+        if records:
+            async with self._connection() as conn:
+                await conn.execute(insert(artifacts_table), [_as_dict(r) for r in records])
+        return records
+
     async def add_event(
         self,
         *,
@@ -259,13 +296,15 @@ class _Queries:
             raise RuntimeError("the database did not return the new event's id")
         return int(key[0])
 
-    async def add_events(self, events: Sequence[NewEvent]) -> None:
-        """Insert many events in one executemany: one round trip per batch, not per row."""
+    async def add_events(self, events: Sequence[NewEvent]) -> list[int]:
+        """Insert many events in one statement batch; returns their ids in input order."""
         if not events:
-            return
+            return []
         now = utcnow()
+        stmt = insert(events_table).returning(events_table.c.id, sort_by_parameter_order=True)
         async with self._connection() as conn:
-            await conn.execute(insert(events_table), [_event_row(e, now) for e in events])
+            result = await conn.execute(stmt, [_event_row(e, now) for e in events])
+            return [int(row[0]) for row in result]
 
     # ---- reads --------------------------------------------------------------------------
 
@@ -428,9 +467,28 @@ class Writer(_Queries):
 class Repository(_Queries):
     """The store's entry point; each call is its own transaction unless inside batch()."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, sync_writer: SyncWriter | None = None) -> None:
         self.engine = engine
+        self._sync_writer = sync_writer
         self._where = engine.url.render_as_string(hide_password=True)
+
+    @asynccontextmanager
+    async def bulk(self) -> AsyncIterator[BulkWriter]:
+        """Buffer writes, then send them as few statements in one transaction.
+
+        Nothing is sent if the body raises. With a sync writer (SQLite files), the whole
+        transaction runs in one hop to its thread.
+        """
+        from crew.store.bulk import BulkWriter, flush_segments
+
+        writer = BulkWriter()
+        yield writer
+        with unavailable_on_failure(self._where):
+            if self._sync_writer is not None:
+                await self._sync_writer.run(flush_segments, writer.segments)
+            else:
+                async with self.engine.begin() as conn:
+                    await conn.run_sync(flush_segments, writer.segments)
 
     @asynccontextmanager
     async def batch(self) -> AsyncIterator[Writer]:

@@ -44,11 +44,13 @@ def upgrade() -> None:
         sa.Column("heartbeat_at", TIMESTAMP, nullable=True),
         sa.Column("cancel_requested_at", TIMESTAMP, nullable=True),
         sa.Column("updated_at", TIMESTAMP, nullable=False),
+        sa.Column("idempotency_key", sa.String(length=64), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_runs")),
     )
     op.create_index("ix_runs_created_at", "runs", ["created_at"])
     op.create_index("ix_runs_started_at", "runs", ["started_at"])
     op.create_index("ix_runs_status_created_at", "runs", ["status", "created_at"])
+    op.create_index("ix_runs_idempotency_key", "runs", ["idempotency_key"], unique=True)
 
     op.create_table(
         "nodes",

@@ -1,0 +1,304 @@
+"""The API's read path under load, against a bare Starlette route in the same run.
+
+A SQLite database with 10,000 runs (two nodes each) and one run of 100,000 events is
+built by bulk insert; `crew serve` (one uvicorn worker) and a bare Starlette app that
+returns a JSON body of the same size as `GET /runs?limit=50` are started on loopback
+ports, and wrk drives them at 32 connections (a bounded asyncio/httpx loop is used when
+wrk is not installed). Targets:
+- `GET /runs?limit=50` (with its total) >= 20% of the bare route's requests/s;
+- `GET /events?run_id=X&limit=200` first page vs `after_id` near the end: p50 ratio < 1.5
+  (keyset paging, no offset scans), p99 of both < 75 ms.
+
+Prints one JSON line. Usage: python benchmarks/api_reads.py [--duration S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+RUNS = 10_000
+EVENTS = 100_000
+CONNECTIONS = 32
+KEY = "bench-key"
+
+BARE_APP = """
+import json, sys
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+
+BODY = open(sys.argv[2], "rb").read()
+
+async def runs(request):
+    return Response(BODY, media_type="application/json")
+
+app = Starlette(routes=[Route("/runs", runs)])
+
+if __name__ == "__main__":
+    import uvicorn
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
+                access_log=False, loop="auto", http="auto")
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def build_database(url: str) -> str:
+    """Bulk-insert the runs, nodes and events; returns the id of the big run."""
+    from sqlalchemy import insert
+
+    from crew.settings import settings_from_values
+    from crew.store.database import open_repository
+    from crew.store.models import events_table, nodes_table, runs_table
+
+    settings = settings_from_values({"DATABASE_URL": url})
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    big = "big-run"
+    async with open_repository(settings) as repo:
+        runs, nodes = [], []
+        for i in range(RUNS):
+            run_id = big if i == RUNS - 1 else str(uuid.uuid4())
+            at = t0 + timedelta(seconds=i)
+            runs.append(
+                {
+                    "id": run_id,
+                    "title": f"Rapport {i}",
+                    "status": "completed",
+                    "created_at": at,
+                    "started_at": at,
+                    "ended_at": at + timedelta(seconds=30),
+                    "updated_at": at,
+                    "request_id": None,
+                    "options": {},
+                    "task_spec": {"title": f"Rapport {i}"},
+                    "input_tokens": 1200,
+                    "output_tokens": 800,
+                    "cost_usd": 0.0,
+                    "cost_unknown": False,
+                }
+            )
+            for k in range(2):
+                nodes.append(
+                    {
+                        "id": str(uuid.uuid4()),
+                        "run_id": run_id,
+                        "key": f"n{k}",
+                        "position": k,
+                        "title": f"Node {k}",
+                        "type": "task",
+                        "role": "Writer_FR",
+                        "status": "completed",
+                        "deps": [],
+                        "spec": {},
+                        "attempts": 1,
+                        "input_tokens": 600,
+                        "output_tokens": 400,
+                        "cost_usd": 0.0,
+                        "created_at": at,
+                    }
+                )
+        async with repo.engine.begin() as conn:
+            await conn.execute(insert(runs_table), runs)
+            await conn.execute(insert(nodes_table), nodes)
+        for start in range(0, EVENTS, 10_000):
+            rows = [
+                {
+                    "run_id": big,
+                    "node_id": None,
+                    "node_key": "n0",
+                    "type": "LLM_CALL",
+                    "level": "info",
+                    "payload": {"run_id": big, "node_key": "n0", "i": i},
+                    "message": f"call {i}",
+                    "request_id": None,
+                    "timestamp": t0 + timedelta(milliseconds=i),
+                }
+                for i in range(start, start + 10_000)
+            ]
+            async with repo.engine.begin() as conn:
+                await conn.execute(insert(events_table), rows)
+        last = await repo.last_event_id(big)
+    assert last is not None
+    return f"{big}:{last}"
+
+
+def wait_ready(url: str, headers: dict[str, str], deadline_s: float = 30) -> None:
+    import httpx
+
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, headers=headers, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer")
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(url: str, duration: float, headers: dict[str, str]) -> dict[str, float]:
+    command = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{max(1, round(duration))}s", "--latency"]
+    for name, value in headers.items():
+        command += ["-H", f"{name}: {value}"]
+    output = subprocess.run(
+        [*command, url], capture_output=True, text=True, check=True, timeout=duration + 30
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    result = {"rps": rps}
+    for pct in ("50", "99"):
+        match = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)
+        if match:
+            result[f"p{pct}_ms"] = float(match.group(1)) * _UNITS[match.group(2)]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if errors:
+        raise RuntimeError(f"{url}: {errors.group(1)} error responses")
+    return result
+
+
+def httpx_load(url: str, duration: float, headers: dict[str, str]) -> dict[str, float]:
+    """A bounded asyncio load loop, for machines without wrk."""
+    import httpx
+
+    async def main() -> dict[str, float]:
+        latencies: list[float] = []
+        stop = time.monotonic() + duration
+        limits = httpx.Limits(max_connections=CONNECTIONS)
+        async with httpx.AsyncClient(headers=headers, limits=limits, timeout=10) as client:
+
+            async def worker() -> None:
+                while time.monotonic() < stop:
+                    t = time.perf_counter()
+                    response = await client.get(url)
+                    response.raise_for_status()
+                    latencies.append((time.perf_counter() - t) * 1000)
+
+            began = time.monotonic()
+            await asyncio.gather(*(worker() for _ in range(CONNECTIONS)))
+            elapsed = time.monotonic() - began
+        latencies.sort()
+        return {
+            "rps": len(latencies) / elapsed,
+            "p50_ms": statistics.median(latencies),
+            "p99_ms": latencies[int(len(latencies) * 0.99) - 1],
+        }
+
+    return asyncio.run(main())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=float, default=5.0, help="Seconds per measurement.")
+    args = parser.parse_args()
+    load = wrk if shutil.which("wrk") else httpx_load
+    folder = Path(tempfile.mkdtemp(prefix="crew-api-bench-"))
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        url = f"sqlite+aiosqlite:///{folder / 'crew.db'}"
+        big, last = asyncio.run(build_database(url)).split(":")
+        env = {
+            **os.environ,
+            "API_KEY": KEY,
+            "DATABASE_URL": url,
+            "RUNS_ROOT": str(folder),
+            "LOG_LEVEL": "WARNING",
+        }
+        crew_port, bare_port = free_port(), free_port()
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "crew", "serve", "--port", str(crew_port)],
+                cwd=folder,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        headers = {"X-API-Key": KEY}
+        crew = f"http://127.0.0.1:{crew_port}"
+        wait_ready(f"{crew}/runs?limit=50", headers)
+        import httpx
+
+        body = httpx.get(f"{crew}/runs?limit=50", headers=headers, timeout=5).content
+        (folder / "body.json").write_bytes(body)
+        (folder / "bare.py").write_text(BARE_APP, encoding="utf-8")
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(folder / "bare.py"),
+                    str(bare_port),
+                    str(folder / "body.json"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        bare = f"http://127.0.0.1:{bare_port}"
+        wait_ready(f"{bare}/runs", {})
+        near_end = int(last) - 250  # a full page of 200 still follows
+        first_url = f"{crew}/events?run_id={big}&limit=200"
+        end_url = f"{crew}/events?run_id={big}&limit=200&after_id={near_end}"
+        for target in (f"{bare}/runs", f"{crew}/runs?limit=50", first_url, end_url):
+            load(target, 1.0, headers)  # warm-up
+        bare_result = load(f"{bare}/runs", args.duration, {})
+        runs_result = load(f"{crew}/runs?limit=50", args.duration, headers)
+        first = load(first_url, args.duration, headers)
+        end = load(end_url, args.duration, headers)
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        shutil.rmtree(folder, ignore_errors=True)
+    ratio = runs_result["rps"] / bare_result["rps"]
+    p50_ratio = max(first["p50_ms"], end["p50_ms"]) / min(first["p50_ms"], end["p50_ms"])
+    print(
+        json.dumps(
+            {
+                "benchmark": "api_reads",
+                "load_generator": load.__name__,
+                "connections": CONNECTIONS,
+                "runs": RUNS,
+                "events": EVENTS,
+                "bare_rps": round(bare_result["rps"]),
+                "runs_rps": round(runs_result["rps"]),
+                "runs_ratio": round(ratio, 3),
+                "target_runs_ratio": 0.2,
+                "events_first_p50_ms": round(first["p50_ms"], 2),
+                "events_first_p99_ms": round(first["p99_ms"], 2),
+                "events_end_p50_ms": round(end["p50_ms"], 2),
+                "events_end_p99_ms": round(end["p99_ms"], 2),
+                "events_p50_ratio": round(p50_ratio, 3),
+                "target_p50_ratio": 1.5,
+                "target_p99_ms": 75,
+                "ok": ratio >= 0.2 and p50_ratio < 1.5 and max(first["p99_ms"], end["p99_ms"]) < 75,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

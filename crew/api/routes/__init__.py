@@ -1,0 +1,7 @@
+"""Route modules, one per resource; importing them fills `crew.api.spec.ENDPOINTS`."""
+
+from __future__ import annotations
+
+
+def load() -> None:
+    from crew.api.routes import artifacts, events, nodes, runs, system, tasks  # noqa: F401

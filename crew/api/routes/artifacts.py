@@ -1,0 +1,138 @@
+"""Artifacts: lists per run and per node, one artifact with a preview, the file itself."""
+
+from __future__ import annotations
+
+import mimetypes
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+
+from crew.api.errors import ApiError
+from crew.api.params import Query, localize, page_response, render, tz_of
+from crew.api.spec import Reply, endpoint, limit_offset, order_by, path_id, replies, text_param
+from crew.api.state import api_state, read_store
+from crew.engine.views import jsonable
+from crew.store.records import ArtifactRecord
+
+ARTIFACT_ORDER = ("created_at", "type", "path", "size")
+PREVIEW_CHARS = 2000
+CONTENT_TYPES = {
+    ".md": "text/markdown; charset=utf-8",
+    ".json": "application/json",
+    ".txt": "text/plain; charset=utf-8",
+}
+
+
+def artifact_view(artifact: ArtifactRecord, zone: Any) -> dict[str, Any]:
+    data = jsonable(localize(artifact, zone))
+    data.pop("content", None)
+    data["download"] = f"/artifacts/{artifact.id}/download"
+    return data
+
+
+LIST_PARAMS = [
+    text_param("type", "Only artifacts of this type (markdown, sidecar, manager, ...)."),
+    order_by(ARTIFACT_ORDER, "created_at"),
+    *limit_offset(),
+]
+LIST_REPLIES = replies(
+    {200: Reply("A page of artifacts.", "ArtifactPage", headers=("X-Total-Count", "Link"))},
+    400,
+    401,
+    404,
+    503,
+)
+
+
+async def _list(request: Request, **owner: str) -> Response:
+    q = Query(request, ("type", "order_by", "limit", "offset"))
+    type_ = q.text("type")
+    orders = q.order(ARTIFACT_ORDER, "created_at")
+    limit, offset = q.page()
+    q.check()
+    reads = await read_store(request)
+    page = await reads.list_artifacts(
+        **owner, type=type_, orders=orders, limit=limit, offset=offset
+    )
+    if page is None:
+        what, value = next(iter(owner.items()))
+        raise ApiError(404, f"no {what.removesuffix('_id')} with id {value!r}", code="not_found")
+    zone = tz_of(request)
+    items = [artifact_view(a, zone) for a in page.items]
+    return page_response(request, items, page.total, limit, offset)
+
+
+@endpoint(
+    "GET",
+    "/runs/{run_id}/artifacts",
+    summary="List a run's artifacts",
+    tag="artifacts",
+    params=[path_id("run_id", "run"), *LIST_PARAMS],
+    responses=LIST_REPLIES,
+)
+async def list_run_artifacts(request: Request) -> Response:
+    return await _list(request, run_id=request.path_params["run_id"])
+
+
+@endpoint(
+    "GET",
+    "/nodes/{node_id}/artifacts",
+    summary="List a node's artifacts",
+    tag="artifacts",
+    params=[path_id("node_id", "node"), *LIST_PARAMS],
+    responses=LIST_REPLIES,
+)
+async def list_node_artifacts(request: Request) -> Response:
+    return await _list(request, node_id=request.path_params["node_id"])
+
+
+async def _artifact(request: Request) -> ArtifactRecord:
+    Query(request, ()).check()
+    reads = await read_store(request)
+    artifact_id = request.path_params["artifact_id"]
+    artifact = await reads.get_artifact(artifact_id)
+    if artifact is None:
+        raise ApiError(404, f"no artifact with id {artifact_id!r}", code="not_found")
+    return artifact
+
+
+@endpoint(
+    "GET",
+    "/artifacts/{artifact_id}",
+    summary="Show an artifact with a preview",
+    tag="artifacts",
+    params=[path_id("artifact_id", "artifact")],
+    responses=replies({200: Reply("The artifact.", "ArtifactDetail")}, 400, 401, 404, 503),
+)
+async def get_artifact(request: Request) -> Response:
+    artifact = await _artifact(request)
+    data = artifact_view(artifact, tz_of(request))
+    content = artifact.content
+    data["preview"] = content[:PREVIEW_CHARS] if content is not None else None
+    data["truncated"] = content is not None and len(content) > PREVIEW_CHARS
+    return render(data)
+
+
+@endpoint(
+    "GET",
+    "/artifacts/{artifact_id}/download",
+    summary="Download an artifact's file",
+    tag="artifacts",
+    params=[path_id("artifact_id", "artifact")],
+    responses=replies(
+        {200: Reply("The file, with its content type.", None, media_type="*/*")}, 400, 401, 404, 503
+    ),
+)
+async def download_artifact(request: Request) -> Response:
+    artifact = await _artifact(request)
+    root = Path(api_state(request).settings.runs_root).resolve()
+    # Resolved real paths, not string prefixes: `..` and symlinks cannot leave RUNS_ROOT.
+    real = (root / artifact.path).resolve()
+    if not real.is_relative_to(root) or not real.is_file():
+        raise ApiError(404, "the artifact's file is not available", code="not_found")
+    media_type = CONTENT_TYPES.get(real.suffix.lower())
+    if media_type is None:
+        media_type = mimetypes.guess_type(real.name)[0] or "application/octet-stream"
+    return FileResponse(real, media_type=media_type, filename=real.name)

@@ -1,0 +1,194 @@
+"""Runs: list, show, summary, cancel, resume."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from crew.api.errors import ApiError
+from crew.api.params import Query, localize, page_response, render, tz_of
+from crew.api.spec import (
+    Param,
+    Reply,
+    endpoint,
+    limit_offset,
+    order_by,
+    path_id,
+    replies,
+    text_param,
+    time_param,
+)
+from crew.api.state import api_state, read_store
+from crew.domain.status import RunStatus
+from crew.engine.views import jsonable, run_cost, run_list_item
+from crew.store.reads import RunDetail, RunFilters
+
+RUN_ORDER = ("created_at", "started_at", "ended_at", "title", "status")
+RUN_STATUSES = tuple(s.value for s in RunStatus)
+RESUMABLE = {RunStatus.FAILED.value, RunStatus.INTERRUPTED.value, RunStatus.CANCELED.value}
+
+
+@endpoint(
+    "GET",
+    "/runs",
+    summary="List runs",
+    tag="runs",
+    params=[
+        text_param("status", "Only runs with this status.", RUN_STATUSES),
+        text_param("title_contains", "Case-insensitive substring of the title."),
+        time_param("started_from", "Runs started at or after this instant."),
+        time_param("started_to", "Runs started at or before this instant."),
+        order_by(RUN_ORDER, "-created_at"),
+        *limit_offset(),
+    ],
+    responses=replies(
+        {200: Reply("A page of runs.", "RunPage", headers=("X-Total-Count", "Link"))}, 400, 401, 503
+    ),
+)
+async def list_runs(request: Request) -> Response:
+    q = Query(
+        request,
+        ("status", "title_contains", "started_from", "started_to", "order_by", "limit", "offset"),
+    )
+    filters = RunFilters(
+        status=q.choice("status", RUN_STATUSES),
+        title_contains=q.text("title_contains"),
+        started_from=q.timestamp("started_from"),
+        started_to=q.timestamp("started_to"),
+    )
+    orders = q.order(RUN_ORDER, "-created_at")
+    limit, offset = q.page()
+    q.check()
+    reads = await read_store(request, sweep=True)
+    page, counts = await reads.list_runs(filters, orders, limit, offset)
+    zone = tz_of(request)
+    cache = api_state(request).fragments
+    items = []
+    for run in page.items:
+        c = counts.get(run.id, {})
+        key = ("run", run.id, run.updated_at, tuple(sorted(c.items())), str(zone))
+        items.append(cache.get(key, lambda r=run, c=c: run_list_item(localize(r, zone), c)))
+    return page_response(request, items, page.total, limit, offset)
+
+
+def run_view(detail: RunDetail, zone: Any) -> dict[str, Any]:
+    run = detail.run
+    data = jsonable(localize(run, zone))
+    data["cost_usd"] = run_cost(run)
+    counts = detail.node_counts
+    started = run.started_at
+    ended = run.ended_at
+    duration = None
+    if started is not None and ended is not None:
+        duration = round((ended - started).total_seconds() * 1000, 1)
+    data["summary"] = {
+        "nodes_total": sum(counts.values()),
+        "nodes_completed": counts.get("completed", 0),
+        "nodes_failed": counts.get("failed", 0),
+        "nodes_skipped": counts.get("skipped", 0),
+        "artifacts_total": detail.artifacts_total,
+        "events_total": detail.events_total,
+        "duration_ms": duration,
+    }
+    return data
+
+
+async def _detail(request: Request) -> RunDetail:
+    reads = await read_store(request, sweep=True)
+    run_id = request.path_params["run_id"]
+    detail = await reads.run_detail(run_id)
+    if detail is None:
+        raise ApiError(404, f"no run with id {run_id!r}", code="not_found")
+    return detail
+
+
+@endpoint(
+    "GET",
+    "/runs/{run_id}",
+    summary="Show a run with its summary and totals",
+    tag="runs",
+    params=[path_id("run_id", "run")],
+    responses=replies({200: Reply("The run.", "Run")}, 400, 401, 404, 503),
+)
+async def get_run(request: Request) -> Response:
+    Query(request, ()).check()
+    return render(run_view(await _detail(request), tz_of(request)))
+
+
+@endpoint(
+    "GET",
+    "/runs/{run_id}/summary",
+    summary="A run's summary (as in summary.json)",
+    tag="runs",
+    params=[path_id("run_id", "run")],
+    responses=replies({200: Reply("The summary.", "RunSummary")}, 400, 401, 404, 503),
+)
+async def get_summary(request: Request) -> Response:
+    Query(request, ()).check()
+    await _detail(request)
+    from crew.engine.service import run_summary
+
+    state = api_state(request)
+    summary = await run_summary(state.repo, state.settings, request.path_params["run_id"])
+    return render(summary)
+
+
+@endpoint(
+    "POST",
+    "/runs/{run_id}/cancel",
+    summary="Cancel a queued or running run",
+    tag="runs",
+    params=[path_id("run_id", "run")],
+    responses=replies({202: Reply("Cancellation accepted.", "RunAction")}, 400, 401, 404, 409, 503),
+)
+async def cancel_run(request: Request) -> Response:
+    Query(request, ()).check()
+    state = api_state(request)
+    await state.ready()
+    from crew.engine.service import request_cancel
+
+    run_id = request.path_params["run_id"]
+    status = await request_cancel(state.repo, run_id)
+    body = {
+        "run_id": run_id,
+        "status": "canceled" if status == RunStatus.CANCELED else "cancel_requested",
+        "location": f"/runs/{run_id}",
+    }
+    return render(body, 202, headers={"Location": _location(request, run_id)})
+
+
+@endpoint(
+    "POST",
+    "/runs/{run_id}/resume",
+    summary="Resume a failed, interrupted or canceled run in the background",
+    tag="runs",
+    params=[path_id("run_id", "run")],
+    responses=replies({202: Reply("Resume accepted.", "RunAction")}, 400, 401, 404, 409, 503),
+)
+async def resume_run(request: Request) -> Response:
+    Query(request, ()).check()
+    state = api_state(request)
+    reads = await read_store(request, sweep=True)
+    run_id = request.path_params["run_id"]
+    status = await reads.run_status(run_id)
+    if status is None:
+        raise ApiError(404, f"no run with id {run_id!r}", code="not_found")
+    assert state.runs is not None
+    if status not in RESUMABLE or state.runs.is_active(run_id):
+        raise ApiError(
+            409,
+            f"run {run_id} is {status}; only failed, interrupted or canceled runs can be resumed",
+            code="conflict",
+        )
+    state.runs.start(run_id, resume=True)
+    body = {"run_id": run_id, "status": "accepted", "location": f"/runs/{run_id}"}
+    return render(body, 202, headers={"Location": _location(request, run_id)})
+
+
+def _location(request: Request, run_id: str) -> str:
+    return f"{request.scope.get('root_path', '')}/runs/{run_id}"
+
+
+__all__ = ["Param"]

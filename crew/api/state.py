@@ -1,0 +1,131 @@
+"""What the routes share: settings, the repository (writes, engine), the read store.
+
+The database is opened in the app's lifespan. If it cannot be reached at startup the
+server still starts (so `/health` can say so with a 503) and every request that needs
+it retries the schema check, at most every few seconds, until it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from crew.api.params import Fragments
+from crew.api.ratelimit import TokenBuckets
+from crew.api.runner import RunManager
+from crew.domain.errors import DatabaseUnavailableError
+from crew.settings import Settings
+from crew.store.reads import ReadStore
+from crew.store.repository import Repository
+
+log = logging.getLogger("crew.api")
+
+STALE_SWEEP_INTERVAL_S = 5.0
+"""Readers mark crashed runs `interrupted` at most this often (it is a write)."""
+SCHEMA_RETRY_S = 2.0
+
+
+@dataclass
+class ApiState:
+    settings: Settings
+    heartbeat_s: float = 15.0
+    poll_s: float = 0.25
+    repo: Repository | None = None
+    reads: ReadStore | None = None
+    runs: RunManager | None = None
+    limiter: TokenBuckets | None = None
+    shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
+    schema_ok: bool = False
+    _schema_checked_at: float = 0.0
+    _swept_at: float = 0.0
+    _sweeping: asyncio.Lock = field(default_factory=asyncio.Lock)
+    idempotency_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    registry_factory: Any = None
+    loop: asyncio.AbstractEventLoop | None = None
+    fragments: Fragments = field(default_factory=Fragments)
+
+    async def open(self) -> None:
+        from crew.store.database import create_engine
+
+        self.loop = asyncio.get_running_loop()
+        engine = create_engine(self.settings.database_url)
+        self.repo = Repository(engine)
+        self.reads = ReadStore.open(self.settings.database_url, engine)
+        registry = self.registry_factory(self.settings) if self.registry_factory else None
+        self.runs = RunManager(self.settings, self.repo, registry)
+        self.limiter = TokenBuckets(
+            self.settings.tasks_rate_per_min, self.settings.tasks_rate_burst
+        )
+        try:
+            await self.ready()
+        except DatabaseUnavailableError as error:
+            log.warning("starting without the database (%s); /health reports it", error)
+
+    async def close(self) -> None:
+        self.shutting_down.set()
+        if self.runs is not None:
+            await self.runs.aclose()
+        if self.reads is not None:
+            await self.reads.close()
+        if self.repo is not None:
+            await self.repo.engine.dispose()
+
+    def begin_shutdown(self) -> None:
+        """SIGTERM: stop the runs now (they end `interrupted`) and let streams close."""
+        self.shutting_down.set()
+        if self.runs is not None:
+            self.runs.cancel_all()
+
+    def begin_shutdown_threadsafe(self) -> None:
+        """begin_shutdown from a signal handler: scheduled on the loop if one is running."""
+        loop = self.loop
+        if loop is not None and loop.is_running():
+            loop.call_soon_threadsafe(self.begin_shutdown)
+
+    async def ready(self) -> None:
+        """Make sure the schema is there; raises DatabaseUnavailableError (503) if not."""
+        if self.schema_ok:
+            return
+        now = time.monotonic()
+        if now - self._schema_checked_at < SCHEMA_RETRY_S and self._schema_checked_at:
+            raise DatabaseUnavailableError("database unavailable")
+        self._schema_checked_at = now
+        from crew.store.database import ensure_schema
+
+        assert self.repo is not None
+        await ensure_schema(self.repo.engine)
+        self.schema_ok = True
+
+    async def sweep_stale_runs(self) -> None:
+        """Mark runs whose process died as `interrupted` (cheap: at most every few seconds)."""
+        now = time.monotonic()
+        if now - self._swept_at < STALE_SWEEP_INTERVAL_S or self._sweeping.locked():
+            return
+        async with self._sweeping:
+            self._swept_at = now
+            from crew.engine.service import interrupt_stale_runs
+
+            try:
+                await interrupt_stale_runs(self.repo)
+            except DatabaseUnavailableError:
+                raise
+            except Exception:  # a reader must not fail because the sweep did
+                log.exception("stale-run sweep failed")
+
+
+def api_state(request: Any) -> ApiState:
+    state: ApiState = request.app.state.crew
+    return state
+
+
+async def read_store(request: Any, *, sweep: bool = False) -> ReadStore:
+    """The read store once the database is ready (503 otherwise)."""
+    state = api_state(request)
+    await state.ready()
+    if sweep:
+        await state.sweep_stale_runs()
+    assert state.reads is not None
+    return state.reads

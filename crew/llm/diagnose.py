@@ -1,0 +1,205 @@
+"""`crew doctor`'s checks: what each role will use, and whether it can be reached.
+
+A misconfigured provider usually shows up mid-run, after the supervisor already spent
+money; these checks answer beforehand, in one screen: the resolved settings of every
+role with where each value came from, one line per provider actually in use (a role's,
+or one listed in LLM_FALLBACK_ORDER), and the database. Each failure says what to do.
+Nothing here sends a chat request: listing models proves a server is up and the key is
+accepted without spending tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from crew.domain.errors import CrewError
+from crew.domain.plan import LLMSpec
+from crew.llm.client import fallback_model, resolve_llm
+from crew.llm.pricing import price_for
+from crew.settings import ROLE_NAMES, Settings
+
+CHECK_TIMEOUT_S = 5.0
+"""How long one provider or the database may take to answer a check."""
+
+
+@dataclass(slots=True)
+class Check:
+    name: str
+    ok: bool
+    target: str
+    """What was checked: a URL (no credentials), `built in`, a database URL (no password)."""
+    detail: str
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def role_report(
+    settings: Settings, cli: Mapping[str, LLMSpec | None] | None = None
+) -> list[dict[str, Any]]:
+    """Each role's resolved provider/model/temperature/max_tokens/timeout and sources."""
+    report = []
+    for kind in ROLE_NAMES:
+        resolved = resolve_llm(settings, kind, (cli or {}).get(kind))
+        price = price_for(settings, resolved.provider, resolved.model, None, warn=False)
+        report.append(
+            {
+                "role": kind,
+                "provider": resolved.provider,
+                "model": resolved.model,
+                "temperature": resolved.temperature,
+                "max_tokens": resolved.max_tokens,
+                "timeout_s": resolved.timeout_s,
+                "sources": dict(resolved.sources),
+                "price_source": price.source if price is not None else None,
+            }
+        )
+    return report
+
+
+def wanted_models(settings: Settings, roles: list[dict[str, Any]]) -> dict[str, list[str | None]]:
+    """Provider -> the models crew may ask it for (None: a role names no model)."""
+    wanted: dict[str, list[str | None]] = {}
+    for role in roles:
+        models = wanted.setdefault(role["provider"], [])
+        if role["model"] not in models:
+            models.append(role["model"])
+    for name in settings.llm_fallback_order:
+        models = wanted.setdefault(name, [])
+        model = fallback_model(settings, name)
+        if model is not None and model not in models:
+            models.append(model)
+    return wanted
+
+
+async def check_provider(settings: Settings, name: str, models: list[str | None]) -> Check:
+    if name == "offline":
+        return Check(name, True, "built in", "always available (deterministic, no network)")
+    from crew.domain.errors import ProviderError
+
+    provider: Any
+    if name == "ollama":
+        from crew.llm.ollama import OllamaProvider
+
+        provider = OllamaProvider(settings.ollama_base_url, max_connections=1)
+    else:
+        from crew.llm.openai import OpenAIProvider
+
+        provider = OpenAIProvider(
+            settings.openai_base_url, settings.openai_api_key, max_connections=1
+        )
+    from crew.llm.http import display_url
+
+    target = display_url(provider.base_url)
+    try:
+        try:
+            available = await provider.list_models(timeout_s=CHECK_TIMEOUT_S)
+        except ProviderError as error:
+            return Check(name, False, target, error.message)
+    finally:
+        await provider.aclose()
+    problems: list[str] = []
+    warnings: list[str] = []
+    if None in models:
+        problems.append(
+            f"a role uses {name} without a model: set LLM_DEFAULT_MODEL or <ROLE>_MODEL"
+        )
+    for model in (m for m in models if m is not None):
+        if name == "ollama" and not _ollama_has(model, available):
+            problems.append(f'model "{model}" is not pulled: run `ollama pull {model}`')
+        elif name == "openai" and model not in available:
+            warnings.append(f'the server does not list model "{model}"')
+    if problems:
+        return Check(name, False, target, "; ".join(problems), warnings)
+    what = "key accepted, " if name == "openai" and settings.openai_api_key else ""
+    listed = ", ".join(m for m in models if m is not None) or "-"
+    return Check(
+        name, True, target, f"{what}{len(available)} model(s) available; uses {listed}", warnings
+    )
+
+
+def _ollama_has(model: str, installed: list[str]) -> bool:
+    """Ollama treats `name` as `name:latest`."""
+    return model in installed or (":" not in model and f"{model}:latest" in installed)
+
+
+async def check_database(settings: Settings) -> Check:
+    """Reachable, and at the schema this crew needs (a fresh SQLite file is fine)."""
+    from crew.store import SCHEMA_HEAD
+    from crew.store.database import (
+        SQLITE,
+        create_engine,
+        display_url,
+        parse_url,
+        schema_revision,
+        sqlite_file,
+    )
+    from crew.store.errors import unavailable_on_failure
+
+    try:
+        parsed = parse_url(settings.database_url)
+    except CrewError as error:
+        return Check("database", False, "DATABASE_URL", error.message)
+    where = display_url(parsed)
+    sqlite = parsed.drivername == SQLITE
+    if sqlite:
+        path = sqlite_file(parsed)
+        if path is not None and not path.exists():
+            return Check(
+                "database", True, where, "not created yet: created and migrated on first use"
+            )
+    engine = create_engine(settings.database_url)
+    try:
+        with unavailable_on_failure(where, connecting=True):
+            async with asyncio.timeout(CHECK_TIMEOUT_S * 2), engine.connect() as connection:
+                revision = await schema_revision(connection)
+    except TimeoutError:
+        return Check("database", False, where, "the database did not answer in time")
+    except CrewError as error:
+        return Check("database", False, where, error.message)
+    finally:
+        await engine.dispose()
+    if revision == SCHEMA_HEAD:
+        return Check("database", True, where, f"schema at {revision} (current)")
+    state = "empty" if revision is None else f"schema at {revision}"
+    if sqlite:
+        return Check(
+            "database",
+            True,
+            where,
+            f"{state}; this crew needs {SCHEMA_HEAD}: upgraded automatically on first use",
+        )
+    return Check(
+        "database", False, where, f"{state}; this crew needs {SCHEMA_HEAD}: run `crew db upgrade`"
+    )
+
+
+async def diagnose(
+    settings: Settings, cli: Mapping[str, LLMSpec | None] | None = None
+) -> dict[str, Any]:
+    """Every check, run concurrently; `ok` is True when nothing failed."""
+    roles = role_report(settings, cli)
+    wanted = wanted_models(settings, roles)
+    checks = await asyncio.gather(
+        *(check_provider(settings, name, models) for name, models in wanted.items()),
+        check_database(settings),
+    )
+    providers, database = list(checks[:-1]), checks[-1]
+    return {
+        "ok": all(c.ok for c in checks),
+        "roles": roles,
+        "providers": [c.to_dict() for c in providers],
+        "fallback_order": [
+            {"provider": name, "model": fallback_model(settings, name)}
+            for name in settings.llm_fallback_order
+        ],
+        "budget": {
+            "max_cost_usd": settings.run_max_cost_usd,
+            "max_tokens": settings.run_max_tokens,
+        },
+        "database": database.to_dict(),
+    }
