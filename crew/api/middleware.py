@@ -108,8 +108,8 @@ class RequestMiddleware:
             log.exception(
                 "unhandled error in %s %s (request %s)", scope["method"], scope["path"], request_id
             )
-            error = ApiError(500, "internal error", code="internal_error")
-            await self._answer(error, scope, receive, send_wrapped, outcome)
+            internal = ApiError(500, "internal error", code="internal_error")
+            await self._answer(internal, scope, receive, send_wrapped, outcome)
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "(unmatched)"

@@ -23,6 +23,8 @@ from crew.store.reads import Order
 T = TypeVar("T")
 
 MAX_LIMIT = 200
+MAX_INTEGER = 2**63 - 1
+"""The largest integer both databases store (a 64-bit signed integer)."""
 DEFAULT_LIMIT = 50
 
 
@@ -52,7 +54,7 @@ class Query:
             return None
         return value
 
-    def integer(self, name: str, default: int | None, low: int, high: int | None = None) -> Any:
+    def integer(self, name: str, default: int | None, low: int, high: int = MAX_INTEGER) -> Any:
         raw = self.params.get(name)
         if raw is None or raw == "":
             return default
@@ -60,8 +62,8 @@ class Query:
             value = int(raw)
         except ValueError:
             value = None
-        if value is None or value < low or (high is not None and value > high):
-            bound = f"from {low} to {high}" if high is not None else f">= {low}"
+        if value is None or value < low or value > high:
+            bound = f"from {low} to {high}"
             self.problems.append(f"{name}: expected an integer {bound}, got {raw!r}")
             return default
         return value

@@ -12,6 +12,7 @@ On shutdown the tasks are cancelled and awaited: the engine then records the run
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any
 
@@ -51,7 +52,10 @@ class RunManager:
             self._execute(run_id, resume=resume, supervisor=supervisor), name=f"crew-run-{run_id}"
         )
         self._tasks[run_id] = task
-        task.add_done_callback(lambda _t, rid=run_id: self._tasks.pop(rid, None))
+        task.add_done_callback(functools.partial(self._forget, run_id))
+
+    def _forget(self, run_id: str, _task: asyncio.Task[None]) -> None:
+        self._tasks.pop(run_id, None)
 
     async def _execute(
         self, run_id: str, *, resume: bool, supervisor: SupervisorCalls | None

@@ -78,7 +78,12 @@ def limit_offset() -> list[Param]:
             {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
             "Page size (1..200).",
         ),
-        Param("offset", "query", {"type": "integer", "minimum": 0, "default": 0}, "Items to skip."),
+        Param(
+            "offset",
+            "query",
+            {"type": "integer", "minimum": 0, "maximum": 2**63 - 1, "default": 0},
+            "Items to skip.",
+        ),
     ]
 
 

@@ -24,9 +24,10 @@ from crew.domain.plan import NodeType, Plan, is_valid_key, parse_plan
 from crew.domain.status import NodeStatus, RunStatus
 from crew.engine.files import RunFiles
 from crew.engine.journal import EventListener
+from crew.engine.lifecycle import HEARTBEAT_INTERVAL_S, HEARTBEAT_STALE_S
 from crew.engine.node_work import NodeWork, render_manager_answer
 from crew.engine.options import RunOptions
-from crew.engine.runner import HEARTBEAT_INTERVAL_S, HEARTBEAT_STALE_S, RunExecutor
+from crew.engine.runner import RunExecutor
 from crew.engine.state import NodeState
 from crew.engine.summary import build_summary
 from crew.llm.client import CallResult, LLMClient

@@ -57,11 +57,10 @@ _BOOL = {"cost_unknown"}
 def _timestamp(value: Any) -> datetime | None:
     if value is None:
         return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    stamp: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
+    if stamp.tzinfo is None:
+        return stamp.replace(tzinfo=UTC)
+    return stamp.astimezone(UTC)
 
 
 def _decoder(table: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
@@ -556,7 +555,7 @@ class _SqliteBackend(_Backend):
                     if rows is None:
                         cursor = conn.execute(sql, dict(params))
                         names = [d[0] for d in cursor.description]
-                        decode = query[2] if len(query) > 2 else None  # type: ignore[misc]
+                        decode = query[2] if len(query) > 2 else None
                         rows = [dict(zip(names, row, strict=True)) for row in cursor]
                         if decode is not None:
                             rows = [decode(row) for row in rows]
@@ -603,7 +602,7 @@ class _EngineBackend(_Backend):
                     result = await conn.execute(statement, dict(params))
                     rows: Rows = [dict(row) for row in result.mappings()]
                     if len(query) > 2:
-                        decode = query[2]  # type: ignore[misc]
+                        decode = query[2]
                         rows = [decode(row) for row in rows]
                     results.append(rows)
         return results

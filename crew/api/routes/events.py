@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -37,7 +38,7 @@ STREAM_BATCH = 500
 AFTER_ID = Param(
     "after_id",
     "query",
-    {"type": "integer", "minimum": 0},
+    {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
     "Only events with a larger id (the cursor for tailing).",
 )
 FILTERS = [
@@ -103,7 +104,8 @@ async def _events(request: Request, run_id: str | None, q: Query) -> Response:
     cache = api_state(request).fragments
     zone_key = str(zone)
     items = [
-        cache.get(("event", e.id, zone_key), lambda e=e: event_view(e, zone)) for e in page.items
+        cache.get(("event", e.id, zone_key), functools.partial(event_view, e, zone))
+        for e in page.items
     ]
     next_params = None
     if not descending and offset == 0 and page.items and len(page.items) < page.total:

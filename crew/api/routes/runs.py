@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from starlette.requests import Request
@@ -69,8 +70,12 @@ async def list_runs(request: Request) -> Response:
     for run in page.items:
         c = counts.get(run.id, {})
         key = ("run", run.id, run.updated_at, tuple(sorted(c.items())), str(zone))
-        items.append(cache.get(key, lambda r=run, c=c: run_list_item(localize(r, zone), c)))
+        items.append(cache.get(key, functools.partial(_item, run, c, zone)))
     return page_response(request, items, page.total, limit, offset)
+
+
+def _item(run: Any, counts: dict[str, int], zone: Any) -> dict[str, Any]:
+    return run_list_item(localize(run, zone), counts)
 
 
 def run_view(detail: RunDetail, zone: Any) -> dict[str, Any]:
