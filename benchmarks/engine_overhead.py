@@ -16,7 +16,6 @@ Two references are measured in the same run:
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import time
 from pathlib import Path
@@ -24,14 +23,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _engine import bench_settings, chains_plan, in_temp_folder, timed_run  # noqa: E402
+from _engine import bench_settings, chains_plan, in_temp_folder, timed_run
 
-from crew.agents.executor import build_messages  # noqa: E402
-from crew.agents.goal import Goal  # noqa: E402
-from crew.agents.roles import resolve_role  # noqa: E402
-from crew.engine.files import RunFiles  # noqa: E402
-from crew.llm.base import LLMRequest  # noqa: E402
-from crew.llm.offline import OfflineProvider  # noqa: E402
+from crew.agents.executor import build_messages
+from crew.agents.goal import Goal
+from crew.agents.roles import resolve_role
+from crew.engine.files import RunFiles
+from crew.llm.base import LLMRequest
+from crew.llm.offline import OfflineProvider
 
 SIZES = (500, 1000, 5000)
 CHAINS = 10

@@ -14,9 +14,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _engine import bench_settings, fan_out_plan, in_temp_folder, timed_run  # noqa: E402
+from _engine import bench_settings, fan_out_plan, in_temp_folder, timed_run
 
-from crew.store.database import open_repository  # noqa: E402
+from crew.store.database import open_repository
 
 NODES = 200
 LATENCY_MS = 50

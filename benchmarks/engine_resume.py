@@ -15,12 +15,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _engine import bench_settings, chains_plan, in_temp_folder, timed_run  # noqa: E402
+from _engine import bench_settings, chains_plan, in_temp_folder, timed_run
 
-from crew.engine.service import execute_run  # noqa: E402
-from crew.llm.client import LLMClient  # noqa: E402
-from crew.llm.registry import ProviderRegistry  # noqa: E402
-from crew.store.database import open_repository  # noqa: E402
+from crew.engine.service import execute_run
+from crew.llm.client import LLMClient
+from crew.llm.registry import ProviderRegistry
+from crew.store.database import open_repository
 
 
 async def measure(folder: Path) -> dict[str, Any]:

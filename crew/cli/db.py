@@ -7,7 +7,6 @@ imported inside the commands: `crew --help` must not load them.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
@@ -109,6 +108,8 @@ def current_command(
     at_head = revision == head
     if as_json:
         payload: dict[str, Any] = {"revision": revision, "head": head, "at_head": at_head}
+        import json
+
         typer.echo(json.dumps(payload))
         return
     if at_head:

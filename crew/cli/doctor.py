@@ -6,7 +6,6 @@ misconfigured (an invalid setting is exit 2, as for every command).
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 import typer
@@ -42,6 +41,8 @@ def doctor_command(
 
     report = run_async(main)
     if as_json:
+        import json
+
         typer.echo(json.dumps(report, ensure_ascii=False))
     else:
         typer.echo(render(report))

@@ -7,10 +7,7 @@ database, no HTTP server.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-import tempfile
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -105,6 +102,8 @@ def plan_command(
         f"plan: {len(result.plan.nodes)} nodes in {result.attempts} attempt(s) "
         f"({call.provider}/{call.model})"
     )
+    import json
+
     document = json.dumps(result.plan.to_dict(), ensure_ascii=False, indent=2) + "\n"
     if out is not None:
         write_atomic(out, document)
@@ -131,17 +130,10 @@ async def _plan(settings: Settings, goal: Goal) -> SupervisorResult:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder, then rename over `path`."""
+    """Write the plan file atomically; the folder must exist (it is the user's choice)."""
+    from crew.engine.files import write_atomic as write_bytes_atomic
+
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise InvalidInputError(f"--out: folder does not exist: {folder}")
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, text.encode("utf-8"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -306,6 +305,8 @@ def _read_plan_file(task_file: str) -> Plan:
         except (OSError, UnicodeDecodeError) as error:
             raise InvalidInputError(f"cannot read plan file {task_file}: {error}") from None
         source = task_file
+    import json
+
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
@@ -385,6 +386,8 @@ class _Progress:
         if self.preview_data is not None:
             summary = {**summary, "dry_run": True, "preview": self.preview_data}
         if self.json_output:
+            import json
+
             print(json.dumps(summary, ensure_ascii=False))
             return
         if self.quiet:

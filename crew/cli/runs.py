@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 import typer
 
 from crew.cli.common import handle_errors, load_cli_settings, run_async
 from crew.domain.errors import InvalidInputError
-from crew.domain.status import RunStatus
 
 runs_app = typer.Typer(help="Inspect runs.", no_args_is_help=True)
 
@@ -30,6 +28,8 @@ def list_runs(
     json_output: Annotated[bool, typer.Option("--json", help="A JSON array on stdout.")] = False,
 ) -> None:
     """List runs, newest first."""
+    from crew.domain.status import RunStatus
+
     if status is not None and status not in {s.value for s in RunStatus}:
         raise InvalidInputError(
             f"--status {status!r} is unknown (accepted: {', '.join(s.value for s in RunStatus)})"
@@ -51,6 +51,8 @@ def list_runs(
 
     items = run_async(main)
     if json_output:
+        import json
+
         print(json.dumps(items, ensure_ascii=False))
         return
     if not items:
@@ -115,6 +117,8 @@ def show_run(
 
     data = run_async(main)
     if json_output:
+        import json
+
         print(json.dumps(data, ensure_ascii=False))
         return
     _print_run(data, settings)

@@ -8,6 +8,7 @@ are committed in one transaction: a node is never `completed` without its artifa
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -121,15 +122,16 @@ class NodeWork:
             )
             for d in spec.deps
         ]
-        call = await execute(
-            self.client,
-            goal=self.goal,
-            node=spec,
-            role=role,
-            dependency_outputs=inputs,
-            language=self.settings.crew_language,
-            overrides=self.options.llm_layers("executor", spec.llm),
-        )
+        async with asyncio.timeout(self.options.node_timeout_s):
+            call = await execute(
+                self.client,
+                goal=self.goal,
+                node=spec,
+                role=role,
+                dependency_outputs=inputs,
+                language=self.settings.crew_language,
+                overrides=self.options.llm_layers("executor", spec.llm),
+            )
         release()
         sidecar_payload = build_sidecar(
             run_id=self.run_id,
@@ -163,14 +165,15 @@ class NodeWork:
         role = resolve_role(state.role or spec.suggested_agent_role, spec.type)
         state.role = role.name
         children = [self.states[k] for k in self.dependents[state.key]]
-        result = await assign(
-            self.client,
-            goal=self.goal,
-            manage_node=spec,
-            dependents=[c.spec for c in children],
-            language=self.settings.crew_language,
-            overrides=self.options.llm_layers("manager", spec.llm),
-        )
+        async with asyncio.timeout(self.options.node_timeout_s):
+            result = await assign(
+                self.client,
+                goal=self.goal,
+                manage_node=spec,
+                dependents=[c.spec for c in children],
+                language=self.settings.crew_language,
+                overrides=self.options.llm_layers("manager", spec.llm),
+            )
         release()
         sidecar_payload = build_sidecar(
             run_id=self.run_id,

@@ -168,8 +168,8 @@ def _flush(conn: Connection, segment: Segment) -> None:
             changes["cost_unknown"] = true()
         conn.execute(update(runs_table).where(c.id == run_id).values(changes))
     for run_id, owner in segment.releases:
-        stmt = update(runs_table).where(c.id == run_id, c.owner == owner)
-        conn.execute(stmt.values(owner=None, heartbeat_at=None))
+        release = update(runs_table).where(c.id == run_id, c.owner == owner)
+        conn.execute(release.values(owner=None, heartbeat_at=None))
     if segment.artifacts:
         conn.execute(insert(artifacts_table), segment.artifacts)
     if segment.events:

@@ -8,7 +8,7 @@ exactly one run keep the key and the loser's run is deleted before anything exec
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from crew.store.errors import unavailable_on_failure
@@ -43,11 +43,3 @@ async def attach(repo: Repository, run_id: str, digest: str) -> str:
             await conn.execute(delete(runs_table).where(c.id == run_id))
         return winner
     return run_id
-
-
-async def detach(repo: Repository, run_id: str) -> None:
-    """Forget a run's key (used when the run could not be started after all)."""
-    async with repo.engine.begin() as conn:
-        await conn.execute(
-            update(runs_table).where(runs_table.c.id == run_id).values(idempotency_key=None)
-        )
