@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from crew.domain.plan import is_valid_key
+from crew.store.records import NewArtifact
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +103,28 @@ def _file_writers() -> ThreadPoolExecutor:
     if _FILE_WRITERS is None:
         _FILE_WRITERS = ThreadPoolExecutor(FILE_WRITER_THREADS, thread_name_prefix="crew-files")
     return _FILE_WRITERS
+
+
+def artifact_row(
+    run_id: str,
+    node_id: str | None,
+    type: str,
+    written: WrittenFile,
+    *,
+    content: str | None = None,
+    summary: str | None = None,
+) -> NewArtifact:
+    """The database row describing a file just written."""
+    return NewArtifact(
+        run_id=run_id,
+        node_id=node_id,
+        type=type,
+        path=written.relative,
+        content=content,
+        summary=summary,
+        sha256=written.sha256,
+        size=written.size,
+    )
 
 
 def to_json_text(payload: Any) -> str:

@@ -19,7 +19,7 @@ from crew.domain.events import EventLevel, EventType
 from crew.domain.plan import Plan
 from crew.domain.status import NodeStatus, RunStatus
 from crew.engine.budget import RunBudget
-from crew.engine.files import RunFiles, WrittenFile
+from crew.engine.files import RunFiles, WrittenFile, artifact_row
 from crew.engine.journal import EventListener, Journal
 from crew.engine.node_work import NodeWork
 from crew.engine.options import RunOptions
@@ -27,7 +27,6 @@ from crew.engine.sidecar import build_sidecar, usage_of
 from crew.engine.state import NodeState
 from crew.engine.summary import build_summary
 from crew.llm.client import CallResult
-from crew.store.records import NewArtifact
 
 log = logging.getLogger("crew.engine")
 
@@ -195,20 +194,7 @@ class RunLifecycle:
                 cancel_requested_at=None,
             )
             if sidecar is not None and usage is not None:
-                await writer.add_artifacts(
-                    [
-                        NewArtifact(
-                            run_id=run_id,
-                            node_id=None,
-                            type="sidecar",
-                            path=sidecar.relative,
-                            content=None,
-                            summary=None,
-                            sha256=sidecar.sha256,
-                            size=sidecar.size,
-                        )
-                    ]
-                )
+                await writer.add_artifacts([artifact_row(run_id, None, "sidecar", sidecar)])
                 await writer.add_run_usage(run_id, *usage)
 
         await journal.commit(*events, apply=apply)
@@ -287,20 +273,7 @@ class RunLifecycle:
         owner = self.owner
 
         async def apply(writer: Any) -> None:
-            await writer.add_artifacts(
-                [
-                    NewArtifact(
-                        run_id=run_id,
-                        node_id=None,
-                        type="summary",
-                        path=written.relative,
-                        content=None,
-                        summary=None,
-                        sha256=written.sha256,
-                        size=written.size,
-                    )
-                ]
-            )
+            await writer.add_artifacts([artifact_row(run_id, None, "summary", written)])
             await writer.update_run(run_id, status=status.value, ended_at=now, error=error)
             await writer.release_run(run_id, owner)
 

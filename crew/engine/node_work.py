@@ -23,14 +23,13 @@ from crew.domain.events import EventType
 from crew.domain.plan import NodeType, Plan
 from crew.domain.status import NodeStatus
 from crew.engine.checksum import node_checksum
-from crew.engine.files import RunFiles, WrittenFile, to_json_text
+from crew.engine.files import RunFiles, WrittenFile, artifact_row, to_json_text
 from crew.engine.journal import EngineEvent, Journal
 from crew.engine.options import RunOptions
 from crew.engine.sidecar import build_sidecar, usage_of
 from crew.engine.state import NodeState
 from crew.llm.client import CallResult, LLMClient, resolve_llm
 from crew.settings import Settings
-from crew.store.records import NewArtifact
 
 
 def render_manager_answer(answer: dict[str, Any]) -> str:
@@ -269,26 +268,8 @@ class NodeWork:
         summary = main_content[:280]
 
         artifacts = [
-            NewArtifact(
-                run_id=run_id,
-                node_id=node_id,
-                type=main_type,
-                path=main.relative,
-                content=main_content,
-                summary=summary,
-                sha256=main.sha256,
-                size=main.size,
-            ),
-            NewArtifact(
-                run_id=run_id,
-                node_id=node_id,
-                type="sidecar",
-                path=sidecar.relative,
-                content=None,
-                summary=None,
-                sha256=sidecar.sha256,
-                size=sidecar.size,
-            ),
+            artifact_row(run_id, node_id, main_type, main, content=main_content, summary=summary),
+            artifact_row(run_id, node_id, "sidecar", sidecar),
         ]
 
         async def apply(writer: Any) -> None:

@@ -1,0 +1,68 @@
+"""What the API and the engine call into when observability is on, built from settings.
+
+Every hook is None when its feature is off, and the modules behind them
+(crew.observability.metrics, crew.observability.sentry) are imported only then: with
+METRICS_ENABLED unset and no SENTRY_DSN, nothing of prometheus_client or sentry_sdk is
+loaded and the request path does no extra work.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from crew.settings import Settings
+
+HttpObserver = Callable[[str, str, int, float], None]
+"""(method, route template or "unmatched", status, seconds)."""
+ErrorReporter = Callable[[BaseException, dict[str, str]], None]
+"""(exception, tags): an unhandled error, reported to Sentry."""
+
+
+@dataclass(slots=True)
+class Hooks:
+    http: HttpObserver | None = None
+    llm: Any = None
+    """A crew.llm.client.CallObserver, or None."""
+    report_error: ErrorReporter | None = None
+    run_listener_factories: list[Callable[[], Any]] = field(default_factory=list)
+    """Each builds one engine event listener for a run (it may have a `close()`)."""
+    on_exit: list[Callable[[], None]] = field(default_factory=list)
+
+    def run_listeners(self) -> list[Any]:
+        return [factory() for factory in self.run_listener_factories]
+
+
+def server_hooks(settings: Settings) -> Hooks:
+    """The hooks of `crew serve` for these settings."""
+    hooks = Hooks()
+    if settings.metrics_enabled:
+        from crew.observability import metrics
+
+        hooks.http = metrics.observe_http
+        hooks.llm = metrics.LLMMetrics(settings)
+        hooks.run_listener_factories.append(metrics.RunMetrics)
+        hooks.on_exit.append(metrics.process_exiting)
+    if settings.sentry_dsn:
+        from crew.observability import sentry
+
+        hooks.report_error = sentry.report_exception
+        hooks.run_listener_factories.append(lambda: sentry.RunReporter(settings))
+    return hooks
+
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def prepare_multiprocess_dir(path: str) -> None:
+    """Create the directory and remove an earlier server's files, which would otherwise
+    be merged into this one's counters (prometheus_client's multiprocess rule)."""
+    os.makedirs(path, exist_ok=True)
+    for name in os.listdir(path):
+        if name.endswith(".db"):
+            try:
+                os.remove(os.path.join(path, name))
+            except FileNotFoundError:
+                pass
