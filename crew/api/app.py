@@ -4,6 +4,9 @@ Middleware, outermost first: CORS (so even a 401 carries its headers and preflig
 no key), the request pipeline (request id, time zone, auth, body limit, access log, JSON
 errors), gzip for large responses (never for the event stream). The database opens in the
 lifespan; shutting down cancels the runs in flight, which the engine leaves `interrupted`.
+
+Observability hooks (crew.observability.hooks) come from the settings: the metrics and
+Sentry modules are imported only when METRICS_ENABLED / SENTRY_DSN turn them on.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from crew.api.middleware import KeyChecker, RequestMiddleware
 from crew.api.spec import ENDPOINTS
 from crew.api.state import ApiState
 from crew.domain.errors import ConfigError, CrewError
+from crew.observability.hooks import Hooks, server_hooks
 from crew.settings import Settings
 
 EXPOSED_HEADERS = ["X-Request-ID", "X-Total-Count", "Link", "Location", "Retry-After"]
@@ -40,20 +44,27 @@ def create_app(
     heartbeat_s: float = 15.0,
     poll_s: float = 0.25,
     registry_factory: Callable[[Settings], Any] | None = None,
+    hooks: Hooks | None = None,
 ) -> Starlette:
     """Build the API over `settings.database_url`.
 
     Without API keys the app refuses to build unless `insecure_no_auth` (the CLI only
     allows that on a loopback host). `heartbeat_s`/`poll_s` tune the event stream (tests
-    shorten them); `registry_factory` builds the LLM provider registry (tests inject fakes).
+    shorten them); `registry_factory` builds the LLM provider registry (tests inject fakes);
+    `hooks` defaults to what the settings turn on (metrics, Sentry).
     """
     if not settings.api_keys and not insecure_no_auth:
         raise ConfigError("no API key configured: set API_KEY (a comma-separated list is allowed)")
     from crew.api.routes import load
 
     load()
+    hooks = hooks if hooks is not None else server_hooks(settings)
     state = ApiState(
-        settings, heartbeat_s=heartbeat_s, poll_s=poll_s, registry_factory=registry_factory
+        settings,
+        heartbeat_s=heartbeat_s,
+        poll_s=poll_s,
+        registry_factory=registry_factory,
+        hooks=hooks,
     )
 
     @asynccontextmanager
@@ -63,6 +74,8 @@ def create_app(
             yield
         finally:
             await state.close()
+            for on_exit in hooks.on_exit:
+                on_exit()
 
     routes = [Route(ep.path, ep.handler, methods=[ep.method]) for ep in ENDPOINTS]
     middleware = [
@@ -80,7 +93,13 @@ def create_app(
             ],
             expose_headers=EXPOSED_HEADERS,
         ),
-        Middleware(RequestMiddleware, keys=KeyChecker(settings.api_keys)),
+        Middleware(
+            RequestMiddleware,
+            keys=KeyChecker(settings.api_keys),
+            routes=routes,
+            observe=hooks.http,
+            report_error=hooks.report_error,
+        ),
         Middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES),
     ]
     handlers: dict[Any, Any] = {
@@ -126,12 +145,22 @@ async def _crew_error(request: Request, exc: Exception) -> Response:
 
 
 def app_from_environment() -> Starlette:
-    """Factory for uvicorn's import string (`--workers N`, `--reload`): settings from env."""
+    """Factory for uvicorn's import string (`--workers N`, `--reload`): settings from env.
+
+    Each worker process configures its own logging and Sentry, as `crew serve` does for
+    a single process.
+    """
     from pathlib import Path
 
+    from crew.observability.logging import configure_logging
     from crew.settings import load_settings
 
     env_file = os.environ.get("CREW_SERVE_ENV_FILE")
     settings = load_settings(env_file=Path(env_file) if env_file else None)
+    configure_logging(settings, verbose=os.environ.get("CREW_SERVE_VERBOSE") == "1")
+    if settings.sentry_dsn:
+        from crew.observability.sentry import init_sentry
+
+        init_sentry(settings, component="serve")
     insecure = os.environ.get("CREW_SERVE_INSECURE_NO_AUTH") == "1"
     return create_app(settings, insecure_no_auth=insecure)

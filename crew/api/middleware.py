@@ -1,10 +1,15 @@
 """The request pipeline every route shares, as one pure ASGI middleware.
 
-In order: a request id (the client's if it is well formed), the X-Timezone check, the
-API key, the body size limit; then the route; then the X-Request-ID header on whatever
-answer went out, one access-log line, and a JSON 500 (never a traceback) when a route
-raised something unexpected. One middleware rather than five keeps the per-request cost
-of the read path low.
+In order: a request id (the client's if it is well formed, also put in the logging
+context), the X-Timezone check, the API key, the body size limit; then the route; then
+the X-Request-ID header on whatever answer went out, one access-log line, the request's
+metrics (when METRICS_ENABLED) and a JSON 500 (never a traceback) when a route raised
+something unexpected, reported to Sentry when SENTRY_DSN is set. One middleware rather
+than five keeps the per-request cost of the read path low; the metrics and Sentry hooks
+are None when those are off, so they cost nothing then.
+
+The route is the route's template (`/runs/{run_id}`), never the raw path, in the access
+line and the metrics alike; a path no route matches is `unmatched`.
 """
 
 from __future__ import annotations
@@ -17,16 +22,20 @@ from collections.abc import Sequence
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crew.api.errors import ApiError, error_response
 from crew.api.params import KEY_PATTERN
 from crew.domain.errors import CrewError
+from crew.observability import context
+from crew.observability.hooks import ErrorReporter, HttpObserver
 
 log = logging.getLogger("crew.api")
 access_log = logging.getLogger("crew.api.access")
 
 MAX_BODY_BYTES = 1024 * 1024
+UNMATCHED = "unmatched"
 PUBLIC_PATHS = frozenset({"/health", "/metrics", "/openapi.json"})
 QUERY_KEY_PATHS = frozenset({"/events/stream"})
 """Browsers' EventSource cannot send headers: this path also takes `?api_key=`."""
@@ -68,9 +77,19 @@ def _zone(name: str) -> ZoneInfo:
 
 
 class RequestMiddleware:
-    def __init__(self, app: ASGIApp, keys: KeyChecker) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: KeyChecker,
+        routes: Sequence[BaseRoute] = (),
+        observe: HttpObserver | None = None,
+        report_error: ErrorReporter | None = None,
+    ) -> None:
         self.app = app
         self.keys = keys
+        self.routes = list(routes)
+        self.observe = observe
+        self.report_error = report_error
         self._zones: dict[str, ZoneInfo] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -83,6 +102,7 @@ class RequestMiddleware:
         if not KEY_PATTERN.match(request_id):
             request_id = uuid.uuid4().hex
         scope["crew.request_id"] = request_id
+        token = context.request_id.set(request_id)
         outcome = {"status": 500, "started": False}
         header_value = request_id.encode()
 
@@ -104,23 +124,50 @@ class RequestMiddleware:
             await self._answer(_too_large(), scope, receive, send_wrapped, outcome)
         except CrewError as error:
             await self._answer(ApiError.from_crew(error), scope, receive, send_wrapped, outcome)
-        except Exception:
+        except Exception as error:
             log.exception(
                 "unhandled error in %s %s (request %s)", scope["method"], scope["path"], request_id
             )
+            if self.report_error is not None:
+                self.report_error(
+                    error,
+                    {"request_id": request_id, "route": self._template(scope)},
+                )
             internal = ApiError(500, "internal error", code="internal_error")
             await self._answer(internal, scope, receive, send_wrapped, outcome)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "(unmatched)"
-            access_log.info(
-                "%s %s %s %.1fms request_id=%s",
-                scope["method"],
-                template,
-                outcome["status"],
-                (time.perf_counter() - started) * 1000,
-                request_id,
-            )
+            elapsed = time.perf_counter() - started
+            template = self._template(scope)
+            if self.observe is not None:
+                self.observe(scope["method"], template, outcome["status"], elapsed)
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info(
+                    "%s %s %s %.1fms request_id=%s",
+                    scope["method"],
+                    template,
+                    outcome["status"],
+                    elapsed * 1000,
+                    request_id,
+                    extra={
+                        "method": scope["method"],
+                        "route": template,
+                        "status": outcome["status"],
+                        "duration_ms": round(elapsed * 1000, 2),
+                    },
+                )
+            context.request_id.reset(token)
+
+    def _template(self, scope: Scope) -> str:
+        """The matched route's template; for a request refused before routing (401, 413,
+        a bad X-Timezone) the route it was meant for; `unmatched` when none fits."""
+        route = scope.get("route")
+        if route is None:
+            for candidate in self.routes:
+                match, _ = candidate.matches(scope)
+                if match is not Match.NONE:
+                    route = candidate
+                    break
+        return getattr(route, "path", None) or UNMATCHED
 
     def _check(self, scope: Scope, headers: dict[str, str]) -> None:
         zone_name = headers.get("x-timezone")

@@ -7,6 +7,10 @@ and ends there: nothing shared is left broken, so later requests are unaffected.
 
 On shutdown the tasks are cancelled and awaited: the engine then records the runs as
 `interrupted`, which `POST /runs/{id}/resume` (or `crew run --resume`) continues.
+
+Observability: each execution gets the hooks' event listeners (run and node metrics,
+Sentry reports of failed runs and nodes), closed when it ends however it ends; the LLM
+client carries the metrics observer, so the supervisor's calls are counted too.
 """
 
 from __future__ import annotations
@@ -20,17 +24,26 @@ from crew.domain.errors import CrewError
 from crew.engine.service import SupervisorCalls, execute_run
 from crew.llm.client import LLMClient
 from crew.llm.registry import ProviderRegistry
+from crew.observability.hooks import Hooks
 from crew.settings import Settings
 
 log = logging.getLogger("crew.api.runs")
 
 
 class RunManager:
-    def __init__(self, settings: Settings, repo: Any, registry: ProviderRegistry | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        repo: Any,
+        registry: ProviderRegistry | None = None,
+        *,
+        hooks: Hooks | None = None,
+    ):
         self.settings = settings
         self.repo = repo
+        self.hooks = hooks or Hooks()
         self.registry = registry or ProviderRegistry(settings)
-        self.client = LLMClient(settings, self.registry)
+        self.client = LLMClient(settings, self.registry, observer=self.hooks.llm)
         self._slots = asyncio.Semaphore(settings.serve_max_concurrent_runs)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._closing = False
@@ -61,6 +74,7 @@ class RunManager:
         self, run_id: str, *, resume: bool, supervisor: SupervisorCalls | None
     ) -> None:
         async with self._slots:
+            listeners = self.hooks.run_listeners()
             try:
                 outcome = await execute_run(
                     self.repo,
@@ -69,6 +83,7 @@ class RunManager:
                     run_id,
                     resume=resume,
                     supervisor=supervisor,
+                    listeners=listeners,
                 )
                 log.info("run %s ended %s", run_id, outcome.status.value)
             except asyncio.CancelledError:
@@ -76,8 +91,15 @@ class RunManager:
                 raise
             except CrewError as error:
                 log.warning("run %s could not execute: %s", run_id, error)
-            except Exception:
+            except Exception as error:
                 log.exception("run %s crashed", run_id)
+                if self.hooks.report_error is not None:
+                    self.hooks.report_error(error, {"run_id": run_id})
+            finally:
+                for listener in listeners:
+                    close = getattr(listener, "close", None)
+                    if close is not None:
+                        close()
 
     def cancel_all(self) -> None:
         """Stop accepting runs and cancel those in flight (they end `interrupted`)."""

@@ -17,6 +17,7 @@ from crew.api.params import Fragments
 from crew.api.ratelimit import TokenBuckets
 from crew.api.runner import RunManager
 from crew.domain.errors import DatabaseUnavailableError
+from crew.observability.hooks import Hooks
 from crew.settings import Settings
 from crew.store.reads import ReadStore
 from crew.store.repository import Repository
@@ -46,6 +47,7 @@ class ApiState:
     registry_factory: Any = None
     loop: asyncio.AbstractEventLoop | None = None
     fragments: Fragments = field(default_factory=Fragments)
+    hooks: Hooks = field(default_factory=Hooks)
 
     async def open(self) -> None:
         from crew.store.database import create_engine
@@ -55,7 +57,7 @@ class ApiState:
         self.repo = Repository(engine)
         self.reads = ReadStore.open(self.settings.database_url, engine)
         registry = self.registry_factory(self.settings) if self.registry_factory else None
-        self.runs = RunManager(self.settings, self.repo, registry)
+        self.runs = RunManager(self.settings, self.repo, registry, hooks=self.hooks)
         self.limiter = TokenBuckets(
             self.settings.tasks_rate_per_min, self.settings.tasks_rate_burst
         )

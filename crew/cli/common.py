@@ -38,10 +38,19 @@ def state(ctx: typer.Context) -> CliState:
 
 
 def load_cli_settings(ctx: typer.Context, overrides: Mapping[str, Any] | None = None) -> Any:
-    """Settings with CLI flags (as variable name -> value) on top of everything else."""
+    """Settings with CLI flags (as variable name -> value) on top of everything else.
+
+    Every command that reads settings comes through here, so this is also where logging
+    is configured (LOG_LEVEL, LOG_FORMAT, secrets masked; `-v`: DEBUG and tracebacks):
+    once the command runs, never at import or for `--help`.
+    """
+    from crew.observability.logging import configure_logging
     from crew.settings import load_settings
 
-    return load_settings(env_file=state(ctx).env_file, overrides=overrides)
+    current = state(ctx)
+    settings = load_settings(env_file=current.env_file, overrides=overrides)
+    configure_logging(settings, verbose=current.verbose)
+    return settings
 
 
 def err_console_print(message: str) -> None:
@@ -72,6 +81,10 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except Exception as error:  # a bug: say so plainly, keep the traceback for -v
+            if "sentry_sdk" in sys.modules:  # only loaded when SENTRY_DSN started it
+                from crew.observability.sentry import report_exception
+
+                report_exception(error, {})
             if verbose:
                 traceback.print_exc()
             err_console_print(

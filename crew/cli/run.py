@@ -206,6 +206,13 @@ def run_command(
     if cli_llm:
         changes["llm"] = cli_llm
 
+    observers: list[Any] = []
+    if settings.sentry_dsn:  # failed runs and nodes are reported; metrics are the server's
+        from crew.observability.sentry import RunReporter, init_sentry
+
+        init_sentry(settings, component="run")
+        observers.append(RunReporter(settings))
+
     from crew.agents.goal import Goal
 
     goal = Goal(title=title, description=description, acceptance=tuple(acceptance or ()))
@@ -232,7 +239,7 @@ def run_command(
                         resume=True,
                         overrides=tuple(override or ()),
                         option_changes=changes,
-                        listeners=view.listeners(),
+                        listeners=[*view.listeners(), *observers],
                     )
                     if outcome.already_completed:
                         view.say(f"run {target} is already completed; nothing to do")
@@ -268,7 +275,7 @@ def run_command(
                     client,
                     new_id,
                     supervisor=supervisor,
-                    listeners=view.listeners(),
+                    listeners=[*view.listeners(), *observers],
                 )
                 return outcome.summary
         finally:

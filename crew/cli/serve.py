@@ -2,6 +2,12 @@
 
 Starlette and uvicorn are imported when the command runs, never at `crew --help`.
 uvicorn picks uvloop and httptools itself when they are installed ("auto").
+
+Logging is crew's (LOG_LEVEL, LOG_FORMAT; uvicorn's own lines go through the same
+handler). With METRICS_ENABLED and `--workers N > 1`, prometheus_client's multiprocess
+mode is required: PROMETHEUS_MULTIPROC_DIR names a directory the workers share; when it
+is not set, a temporary one is created for this server and removed when it stops. Either
+way the directory's metric files from an earlier server are removed at start.
 """
 
 from __future__ import annotations
@@ -56,7 +62,8 @@ def serve_command(
     ] = False,
 ) -> None:
     """Serve the HTTP API. [env: API_KEY, DATABASE_URL, CORS_ORIGINS, SERVE_MAX_CONCURRENT_RUNS,
-    TASKS_DIR, TASKS_RATE_PER_MIN, TASKS_RATE_BURST]"""
+    TASKS_DIR, TASKS_RATE_PER_MIN, TASKS_RATE_BURST, METRICS_ENABLED, PROMETHEUS_MULTIPROC_DIR,
+    SENTRY_DSN, SENTRY_ENV, RELEASE, LOG_LEVEL, LOG_FORMAT]"""
     settings = load_cli_settings(ctx)
     if not settings.api_keys:
         if not insecure_no_auth:
@@ -66,38 +73,75 @@ def serve_command(
                 f"--insecure-no-auth is only allowed on a loopback host, not {host!r}; "
                 "set API_KEY to serve on other interfaces"
             )
-    import logging
-
     import uvicorn
 
-    level = settings.log_level.lower()
-    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    verbose = state(ctx).verbose  # logging is configured by load_cli_settings
+    level = "debug" if verbose else settings.log_level.lower()
     common: dict[str, Any] = {
         "host": host,
         "port": port,
         "root_path": root_path,
         "log_level": level,
+        "log_config": None,  # crew's handler (configure_logging) formats uvicorn's lines too
         "access_log": False,
         "loop": "auto",
         "http": "auto",
         "proxy_headers": True,
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
     }
-    if reload or workers > 1:
-        env_file = state(ctx).env_file
-        if env_file is not None:
-            os.environ["CREW_SERVE_ENV_FILE"] = str(env_file)
-        if insecure_no_auth:
-            os.environ["CREW_SERVE_INSECURE_NO_AUTH"] = "1"
-        uvicorn.run(
-            "crew.api.app:app_from_environment",
-            factory=True,
-            reload=reload,
-            workers=None if reload else workers,
-            **common,
-        )
-        return
+    created_dir = _metrics_dir(settings.metrics_enabled, workers if not reload else 1)
+    try:
+        if reload or workers > 1:
+            env_file = state(ctx).env_file
+            if env_file is not None:
+                os.environ["CREW_SERVE_ENV_FILE"] = str(env_file)
+            if insecure_no_auth:
+                os.environ["CREW_SERVE_INSECURE_NO_AUTH"] = "1"
+            if verbose:
+                os.environ["CREW_SERVE_VERBOSE"] = "1"
+            uvicorn.run(
+                "crew.api.app:app_from_environment",
+                factory=True,
+                reload=reload,
+                workers=None if reload else workers,
+                **common,
+            )
+            return
+        _serve_one(settings, insecure_no_auth, common)
+    finally:
+        if created_dir is not None:
+            import shutil
+
+            shutil.rmtree(created_dir, ignore_errors=True)
+
+
+def _metrics_dir(metrics_enabled: bool, workers: int) -> str | None:
+    """Prepare PROMETHEUS_MULTIPROC_DIR when metrics need it; returns a directory this
+    server created (to remove at exit), or None."""
+    from crew.observability.hooks import MULTIPROC_ENV, prepare_multiprocess_dir
+
+    configured = os.environ.get(MULTIPROC_ENV)
+    if not metrics_enabled or (workers <= 1 and not configured):
+        return None
+    created = None
+    if not configured:
+        import tempfile
+
+        configured = created = tempfile.mkdtemp(prefix="crew-metrics-")
+        os.environ[MULTIPROC_ENV] = configured
+    prepare_multiprocess_dir(configured)
+    return created
+
+
+def _serve_one(settings: Any, insecure_no_auth: bool, common: dict[str, Any]) -> None:
+    import uvicorn
+
     from crew.api.app import create_app
+
+    if settings.sentry_dsn:
+        from crew.observability.sentry import init_sentry
+
+        init_sentry(settings, component="serve")
 
     app = create_app(settings, insecure_no_auth=insecure_no_auth)
 

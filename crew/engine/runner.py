@@ -31,6 +31,7 @@ from crew.engine.lifecycle import RunLifecycle, utcnow
 from crew.engine.state import NodeState
 from crew.engine.write_queue import WriteQueue
 from crew.llm.client import CallResult
+from crew.observability import context
 
 log = logging.getLogger("crew.engine")
 
@@ -47,6 +48,7 @@ class RunExecutor(RunLifecycle):
         run `interrupted` and propagates; a cancel request ends it `canceled` and returns.
         """
         self._main_task = asyncio.current_task()
+        context.run_id.set(self.run.id)  # log lines and error reports name the run
         async with WriteQueue(self.repo) as queue:
             self.journal = Journal(
                 run_id=self.run.id,
@@ -162,6 +164,7 @@ class RunExecutor(RunLifecycle):
     async def _run_node(self, state: NodeState) -> bool:
         """Execute one node with retries; True when it completed."""
         assert self.journal is not None
+        context.node_key.set(state.key)  # this task's own context: only its lines
         attempt = 0
         while True:
             attempt += 1

@@ -14,6 +14,7 @@ run budget before it starts. Every try is recorded, because the sidecar shows th
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -167,6 +168,22 @@ class CallBudget(Protocol):
     def settle(self, token: object, result: CallResult | None) -> None: ...
 
 
+class CallObserver(Protocol):
+    """Told of every provider request and every answered call (metrics use it).
+
+    `request_done` runs once per try (retries and fallbacks are separate requests) with
+    the provider's name, the requested model (None: the provider's default), the agent
+    role, an outcome (`ok`, `error`, `canceled`) and the seconds the provider took;
+    `call_done` once per answered call. Both must be cheap and must not raise.
+    """
+
+    def request_done(
+        self, provider: str, model: str | None, role: str, outcome: str, seconds: float
+    ) -> None: ...
+
+    def call_done(self, result: CallResult) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Candidate:
     """A provider and model to try for one call; `skip` says why it cannot be tried."""
@@ -241,15 +258,20 @@ class LLMClient:
         *,
         limits: ProviderLimits | None = None,
         budget: CallBudget | None = None,
+        observer: CallObserver | None = None,
     ) -> None:
         self.settings = settings
         self.providers = providers
         self.limits = limits if limits is not None else ProviderLimits(settings)
         self.budget = budget
+        self.observer = observer
 
     def with_budget(self, budget: CallBudget | None) -> LLMClient:
-        """This client with every call checked against `budget` (shares providers, limits)."""
-        return LLMClient(self.settings, self.providers, limits=self.limits, budget=budget)
+        """This client with every call checked against `budget` (shares providers, limits,
+        observer)."""
+        return LLMClient(
+            self.settings, self.providers, limits=self.limits, budget=budget, observer=self.observer
+        )
 
     def resolve(self, role_kind: str, overrides: Sequence[LLMSpec | None] = ()) -> ResolvedLLM:
         return resolve_llm(self.settings, role_kind, *overrides)
@@ -298,6 +320,8 @@ class LLMClient:
         )
         if budget is not None:
             budget.settle(outcome.reservation, result)
+        if self.observer is not None:
+            self.observer.call_done(result)
         return result
 
     async def _complete(
@@ -365,9 +389,25 @@ class LLMClient:
         """One provider's tries: retried for HTTP providers, each holding a concurrency
         slot only while the request is in flight (not while waiting to retry)."""
 
+        observer = self.observer
+
         async def once() -> LLMResponse:
             async with self.limits.slot(name):
-                return await provider.complete(request)
+                if observer is None:
+                    return await provider.complete(request)
+                started = time.perf_counter()
+                outcome = "canceled"  # unless it answers or fails: cancelled, timed out
+                try:
+                    response = await provider.complete(request)
+                    outcome = "ok"
+                    return response
+                except Exception:
+                    outcome = "error"
+                    raise
+                finally:
+                    observer.request_done(
+                        name, request.model, request.role, outcome, time.perf_counter() - started
+                    )
 
         if name in RETRIED_PROVIDERS:
 

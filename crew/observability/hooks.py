@@ -8,6 +8,7 @@ loaded and the request path does no extra work.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,7 +63,5 @@ def prepare_multiprocess_dir(path: str) -> None:
     os.makedirs(path, exist_ok=True)
     for name in os.listdir(path):
         if name.endswith(".db"):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(path, name))
-            except FileNotFoundError:
-                pass

@@ -121,9 +121,7 @@ LLM_COST = Counter(
     "Cost in USD of answered LLM calls whose price is known, by provider and model.",
     ["provider", "model"],
 )
-BUDGET_EXCEEDED = Counter(
-    "crew_budget_exceeded_total", "Runs that hit their cost or token budget."
-)
+BUDGET_EXCEEDED = Counter("crew_budget_exceeded_total", "Runs that hit their cost or token budget.")
 
 for _status in RUN_STATUSES:  # present at 0 from the first scrape, so rate() works at once
     RUNS.labels(_status)
@@ -290,4 +288,3 @@ def process_exiting() -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
-

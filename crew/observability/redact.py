@@ -17,8 +17,10 @@ MIN_SECRET_LEN = 4
 """Shorter values are not treated as secrets: masking "ab" everywhere would garble text."""
 
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)(bearer\s+|basic\s+)?[^\s\"',;]+"),
-     rf"\1\2{MASK}"),
+    (
+        re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)(bearer\s+|basic\s+)?[^\s\"',;]+"),
+        rf"\1\2{MASK}",
+    ),
     (re.compile(r"(?i)(x-api-key[\"']?\s*[:=]\s*[\"']?)[^\s\"',;]+"), rf"\1{MASK}"),
     (re.compile(r"(?i)([?&](?:api_key|apikey|key|token|access_token)=)[^&\s\"']+"), rf"\1{MASK}"),
     (re.compile(r"(?i)((?:openai_)?api_key[\"']?\s*[:=]\s*[\"']?)[^\s\"',;&]+"), rf"\1{MASK}"),

@@ -60,9 +60,10 @@ async def health(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     if not api_state(request).settings.metrics_enabled:
         raise ApiError(404, "metrics are disabled; set METRICS_ENABLED=1", code="not_found")
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from crew.observability.metrics import exposition
 
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    body, content_type = exposition()
+    return Response(body, headers={"Content-Type": content_type})
 
 
 @endpoint(
