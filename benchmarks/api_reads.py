@@ -26,9 +26,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from _api_data import finished_runs
 
 RUNS = 10_000
 EVENTS = 100_000
@@ -73,48 +74,7 @@ async def build_database(url: str) -> str:
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     big = "big-run"
     async with open_repository(settings) as repo:
-        runs, nodes = [], []
-        for i in range(RUNS):
-            run_id = big if i == RUNS - 1 else str(uuid.uuid4())
-            at = t0 + timedelta(seconds=i)
-            runs.append(
-                {
-                    "id": run_id,
-                    "title": f"Rapport {i}",
-                    "status": "completed",
-                    "created_at": at,
-                    "started_at": at,
-                    "ended_at": at + timedelta(seconds=30),
-                    "updated_at": at,
-                    "request_id": None,
-                    "options": {},
-                    "task_spec": {"title": f"Rapport {i}"},
-                    "input_tokens": 1200,
-                    "output_tokens": 800,
-                    "cost_usd": 0.0,
-                    "cost_unknown": False,
-                }
-            )
-            for k in range(2):
-                nodes.append(
-                    {
-                        "id": str(uuid.uuid4()),
-                        "run_id": run_id,
-                        "key": f"n{k}",
-                        "position": k,
-                        "title": f"Node {k}",
-                        "type": "task",
-                        "role": "Writer_FR",
-                        "status": "completed",
-                        "deps": [],
-                        "spec": {},
-                        "attempts": 1,
-                        "input_tokens": 600,
-                        "output_tokens": 400,
-                        "cost_usd": 0.0,
-                        "created_at": at,
-                    }
-                )
+        runs, nodes = finished_runs(RUNS, t0, last_id=big)
         async with repo.engine.begin() as conn:
             await conn.execute(insert(runs_table), runs)
             await conn.execute(insert(nodes_table), nodes)
