@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -220,6 +220,34 @@ def malformed(provider: str, url: str, why: str, status: int | None = None) -> H
         retryable=False,
         status=status,
     )
+
+
+class HTTPProviderBase:
+    """What every HTTP provider shares: its base URL and one reused client it may own."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        client: httpx.AsyncClient | None = None,
+        max_connections: int = 16,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._client = (
+            client if client is not None else create_client(max_connections=max_connections)
+        )
+        self._owns_client = client is None
+
+    async def aclose(self) -> None:
+        """Close the HTTP client, unless the caller passed one in (then it is theirs)."""
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
 
 class Stopwatch:

@@ -15,9 +15,9 @@ import httpx
 
 from crew.llm.base import LLMRequest, LLMResponse, estimate_tokens
 from crew.llm.http import (
+    HTTPProviderBase,
     HTTPProviderError,
     Stopwatch,
-    create_client,
     display_url,
     error_detail,
     json_object,
@@ -33,23 +33,10 @@ from crew.settings import Settings
 _MODEL_NOT_FOUND = re.compile(r"model\b.*\bnot found", re.IGNORECASE | re.DOTALL)
 
 
-class OllamaProvider:
+class OllamaProvider(HTTPProviderBase):
     """Chat completions from an Ollama server; one HTTP client reused for every call."""
 
     name = "ollama"
-
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        client: httpx.AsyncClient | None = None,
-        max_connections: int = 16,
-    ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self._client = (
-            client if client is not None else create_client(max_connections=max_connections)
-        )
-        self._owns_client = client is None
 
     @property
     def unreachable_message(self) -> str:
@@ -162,17 +149,6 @@ class OllamaProvider:
             for m in models
             if isinstance(m, dict) and (m.get("name") or m.get("model"))
         ]
-
-    async def aclose(self) -> None:
-        """Close the HTTP client, unless the caller passed one in (then it is theirs)."""
-        if self._owns_client:
-            await self._client.aclose()
-
-    async def __aenter__(self) -> OllamaProvider:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
 
 def from_settings(settings: Settings) -> OllamaProvider:

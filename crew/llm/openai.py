@@ -17,9 +17,9 @@ import httpx
 
 from crew.llm.base import LLMRequest, LLMResponse, estimate_tokens
 from crew.llm.http import (
+    HTTPProviderBase,
     HTTPProviderError,
     Stopwatch,
-    create_client,
     display_url,
     error_detail,
     json_object,
@@ -36,7 +36,7 @@ _QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
 """429 codes that mean "out of credit": waiting does not help, so they are not retried."""
 
 
-class OpenAIProvider:
+class OpenAIProvider(HTTPProviderBase):
     """Chat completions from any OpenAI-compatible server; one HTTP client for every call."""
 
     name = "openai"
@@ -49,12 +49,8 @@ class OpenAIProvider:
         client: httpx.AsyncClient | None = None,
         max_connections: int = 16,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        super().__init__(base_url, client=client, max_connections=max_connections)
         self._api_key = api_key or None
-        self._client = (
-            client if client is not None else create_client(max_connections=max_connections)
-        )
-        self._owns_client = client is None
 
     def __repr__(self) -> str:  # the key must never show up in a log line or traceback
         return f"OpenAIProvider(base_url={display_url(self.base_url)!r})"
@@ -193,17 +189,6 @@ class OpenAIProvider:
         if not isinstance(data, list):
             raise malformed(self.name, url, "no data list", response.status_code)
         return [str(m["id"]) for m in data if isinstance(m, dict) and m.get("id")]
-
-    async def aclose(self) -> None:
-        """Close the HTTP client, unless the caller passed one in (then it is theirs)."""
-        if self._owns_client:
-            await self._client.aclose()
-
-    async def __aenter__(self) -> OpenAIProvider:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
 
 def _error_code(response: httpx.Response) -> str | None:
