@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+import httpx
 
 
 def free_port() -> int:
@@ -37,3 +40,16 @@ def serve_in_thread(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+def wait_until_serving(proc: subprocess.Popen[str], url: str, timeout_s: float = 20) -> None:
+    """Poll `url` until it answers 200; fail if the server process exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, "crew serve did not start"
+        time.sleep(0.1)

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.api_helpers import H, api, wait_status
-from tests.api_server import free_port
+from tests.api_server import free_port, wait_until_serving
 
 PLAN = {
     "title": "Metrics plan",
@@ -241,15 +241,7 @@ def test_several_workers_share_one_exposition(tmp_path: Path) -> None:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{base}/metrics", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "crew serve did not start"
-            time.sleep(0.1)
+        wait_until_serving(proc, f"{base}/metrics")
         made = 0
         deadline = time.monotonic() + 8
         while True:  # until both workers have answered some (the kernel spreads connections)

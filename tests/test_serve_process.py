@@ -7,13 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.api_server import free_port
+from tests.api_server import free_port, wait_until_serving
 
 KEY = "process-key"
 
@@ -37,15 +36,7 @@ def test_serve_runs_a_task_followed_over_sse(tmp_path: Path) -> None:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "crew serve did not start"
-            time.sleep(0.1)
+        wait_until_serving(proc, f"{base}/health")
         headers = {"X-API-Key": KEY}
         body = {"title": "Demo", "task_spec": {"type": "demo"}}
         r = httpx.post(f"{base}/tasks", json=body, headers=headers, timeout=10)
