@@ -278,6 +278,16 @@ def no_model_error(provider: str) -> HTTPProviderError:
     )
 
 
+def response_error(provider: str, response: httpx.Response, detail: str) -> HTTPProviderError:
+    """status_error for a response, honouring its Retry-After header."""
+    return status_error(
+        provider,
+        response.status_code,
+        detail,
+        retry_after_s=parse_retry_after(response.headers.get("retry-after")),
+    )
+
+
 def status_error(
     provider: str, status: int, detail: str, *, retry_after_s: float | None = None
 ) -> HTTPProviderError:

@@ -23,9 +23,9 @@ from crew.llm.http import (
     json_object,
     malformed,
     no_model_error,
-    parse_retry_after,
     post_json,
     reported_tokens,
+    response_error,
     status_error,
 )
 from crew.settings import Settings
@@ -121,12 +121,7 @@ class OllamaProvider(HTTPProviderBase):
                 retryable=False,
                 status=status,
             )
-        return status_error(
-            self.name,
-            status,
-            detail,
-            retry_after_s=parse_retry_after(response.headers.get("retry-after")),
-        )
+        return response_error(self.name, response, detail)
 
     async def list_models(self, *, timeout_s: float = 5.0) -> list[str]:
         """Names of the installed models (`GET /api/tags`), for diagnostics."""

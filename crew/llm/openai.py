@@ -25,10 +25,9 @@ from crew.llm.http import (
     json_object,
     malformed,
     no_model_error,
-    parse_retry_after,
     post_json,
     reported_tokens,
-    status_error,
+    response_error,
 )
 from crew.settings import Settings
 
@@ -164,12 +163,7 @@ class OpenAIProvider(HTTPProviderBase):
                 retryable=False,
                 status=status,
             )
-        return status_error(
-            self.name,
-            status,
-            detail,
-            retry_after_s=parse_retry_after(response.headers.get("retry-after")),
-        )
+        return response_error(self.name, response, detail)
 
     async def list_models(self, *, timeout_s: float = 5.0) -> list[str]:
         """Model ids the server offers (`GET /models`); also proves the key is accepted."""
