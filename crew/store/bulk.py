@@ -8,6 +8,10 @@ increments summed per run. Buffering does no I/O, and flushing is one synchronou
 function, so on SQLite the whole group runs in a single hop to the writer thread
 instead of one hop per statement.
 
+Every statement has a key naming its shape, and a function that builds it: a Sender
+either executes the built statement on a SQLAlchemy connection, or compiles each shape
+once and hands only rows to the driver (crew/store/sync_writer.py).
+
 Order: changes to different rows commute within a transaction. When a row is changed
 twice in different ways, the second change starts a new segment, flushed after the
 first. Event ids follow the order events were added.
@@ -15,17 +19,18 @@ first. Event ids follow the order events were added.
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
-from sqlalchemy import Connection, Table, bindparam, insert, true, update
+from sqlalchemy import Connection, Table, bindparam, insert, null, update
+from sqlalchemy.sql.dml import UpdateBase
 
 from crew.store.models import artifacts_table, events_table, nodes_table, runs_table
 from crew.store.records import ArtifactRecord, NewArtifact, NewEvent
-from crew.store.repository import _as_dict, _checked, _event_row, utcnow
+from crew.store.repository import _checked, _event_row, utcnow
 
 _KEY = "b_key"
 """Bind name of the row id in grouped updates (must differ from every column name)."""
@@ -34,6 +39,9 @@ Shape = tuple[str, tuple[str, ...], tuple[str, ...]]
 """(table, columns set, columns incremented): updates of one shape share a statement."""
 
 _TABLES: dict[str, Table] = {"runs": runs_table, "nodes": nodes_table}
+_ARTIFACT_COLUMNS = tuple(c.name for c in artifacts_table.columns)
+EVENT_COLUMNS = tuple(c.name for c in events_table.columns if c.name != "id")
+_USAGE = ("input_tokens", "output_tokens", "cost_usd")
 
 
 @dataclass(slots=True)
@@ -112,11 +120,24 @@ class BulkWriter:
 
     async def add_artifacts(self, artifacts: Sequence[NewArtifact]) -> list[ArtifactRecord]:
         now = utcnow()
-        records = [
-            ArtifactRecord(id=str(uuid.uuid4()), created_at=now, **dataclasses.asdict(a))
-            for a in artifacts
-        ]
-        self._current.artifacts.extend(_as_dict(r) for r in records)
+        records = []
+        for artifact in artifacts:
+            record = ArtifactRecord(
+                id=str(uuid.uuid4()),
+                run_id=artifact.run_id,
+                node_id=artifact.node_id,
+                type=artifact.type,
+                path=artifact.path,
+                content=artifact.content,
+                summary=artifact.summary,
+                sha256=artifact.sha256,
+                size=artifact.size,
+                created_at=now,
+            )
+            records.append(record)
+            self._current.artifacts.append(
+                {name: getattr(record, name) for name in _ARTIFACT_COLUMNS}
+            )
         return records
 
     async def add_events(self, events: Sequence[NewEvent]) -> list[int]:
@@ -140,40 +161,116 @@ class BulkWriter:
         segment.updates.setdefault(shape, []).append(params)
 
 
-def flush_segments(conn: Connection, segments: Sequence[Segment]) -> None:
+class Sender(Protocol):
+    """Executes a group's statements inside the transaction its caller opened."""
+
+    def send(
+        self, key: Hashable, build: Callable[[], UpdateBase], rows: list[dict[str, Any]]
+    ) -> None:
+        """Execute the statement `build()` makes (named by `key`) once per row."""
+
+    def insert_events(self, rows: list[dict[str, Any]]) -> list[int]:
+        """Insert event rows in order; returns their ids in the same order."""
+
+
+class ConnectionSender:
+    """Sends through a SQLAlchemy connection (PostgreSQL, or SQLite without a writer)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def send(
+        self, key: Hashable, build: Callable[[], UpdateBase], rows: list[dict[str, Any]]
+    ) -> None:
+        self._conn.execute(build(), rows)
+
+    def insert_events(self, rows: list[dict[str, Any]]) -> list[int]:
+        conn = self._conn
+        if conn.dialect.name != "sqlite":
+            stmt = insert(events_table).returning(events_table.c.id, sort_by_parameter_order=True)
+            return [int(event_id) for (event_id,) in conn.execute(stmt, rows)]
+        # SQLite cannot promise RETURNING's order for a batch, so an ordered RETURNING
+        # insert there runs one statement per row; see consecutive_ids for why none is
+        # needed.
+        conn.execute(insert_statement(events_table, EVENT_COLUMNS), rows)
+        last = conn.exec_driver_sql("SELECT last_insert_rowid()").scalar_one()
+        return consecutive_ids(int(last), len(rows))
+
+
+def consecutive_ids(last: int, count: int) -> list[int]:
+    """The ids of the `count` event rows a SQLite transaction just inserted.
+
+    The transaction holds SQLite's only write lock from its first insert, and the
+    AUTOINCREMENT key gives each new row the next id, so the rows hold the consecutive
+    ids ending at `last_insert_rowid()`.
+    """
+    return list(range(last - count + 1, last + 1))
+
+
+def insert_statement(table: Table, columns: Sequence[str]) -> UpdateBase:
+    return insert(table).values(
+        {name: bindparam(name, type_=table.c[name].type) for name in columns}
+    )
+
+
+def _update_statement(shape: Shape) -> UpdateBase:
+    table_name, names, increments = shape
+    table = _TABLES[table_name]
+    values = {
+        name: (table.c[name] + _bind(table, name)) if name in increments else _bind(table, name)
+        for name in names
+    }
+    return update(table).where(table.c.id == bindparam(_KEY)).values(values)
+
+
+def _bind(table: Table, name: str) -> Any:
+    return bindparam(f"b_{name}", type_=table.c[name].type)
+
+
+def _release_statement() -> UpdateBase:
+    c = runs_table.c
+    return (
+        update(runs_table)
+        .where(c.id == bindparam(_KEY), c.owner == bindparam("b_owner"))
+        .values(owner=null(), heartbeat_at=null())
+    )
+
+
+def flush_segments(sender: Sender, segments: Sequence[Segment]) -> None:
     """Send buffered segments in order, one statement per kind of change."""
     for segment in segments:
-        _flush(conn, segment)
+        _flush(sender, segment)
 
 
-def _flush(conn: Connection, segment: Segment) -> None:
-    for (table_name, names, increments), rows in segment.updates.items():
-        table = _TABLES[table_name]
-        values = {
-            name: (table.c[name] + bindparam(f"b_{name}"))
-            if name in increments
-            else bindparam(f"b_{name}")
-            for name in names
-        }
-        conn.execute(update(table).where(table.c.id == bindparam(_KEY)).values(values), rows)
-    c = runs_table.c
+def _flush(sender: Sender, segment: Segment) -> None:
+    for shape, rows in segment.updates.items():
+        sender.send(shape, partial(_update_statement, shape), rows)
+    usage_rows: dict[Shape, list[dict[str, Any]]] = {}
+    now = utcnow()
     for run_id, usage in segment.usage.items():
-        changes: dict[str, Any] = {
-            "input_tokens": c.input_tokens + usage.input_tokens,
-            "output_tokens": c.output_tokens + usage.output_tokens,
-            "cost_usd": c.cost_usd + usage.cost_usd,
-            "updated_at": utcnow(),
+        row = {
+            _KEY: run_id,
+            "b_input_tokens": usage.input_tokens,
+            "b_output_tokens": usage.output_tokens,
+            "b_cost_usd": usage.cost_usd,
+            "b_updated_at": now,
         }
+        names: tuple[str, ...] = (*_USAGE, "updated_at")
         if usage.cost_unknown:
-            changes["cost_unknown"] = true()
-        conn.execute(update(runs_table).where(c.id == run_id).values(changes))
-    for run_id, owner in segment.releases:
-        release = update(runs_table).where(c.id == run_id, c.owner == owner)
-        conn.execute(release.values(owner=None, heartbeat_at=None))
+            names, row["b_cost_unknown"] = (*names, "cost_unknown"), True
+        usage_rows.setdefault(("runs", names, _USAGE), []).append(row)
+    for shape, rows in usage_rows.items():
+        sender.send(shape, partial(_update_statement, shape), rows)
+    if segment.releases:
+        rows = [{_KEY: run_id, "b_owner": owner} for run_id, owner in segment.releases]
+        sender.send("release", _release_statement, rows)
     if segment.artifacts:
-        conn.execute(insert(artifacts_table), segment.artifacts)
+        sender.send(
+            "artifacts",
+            lambda: insert_statement(artifacts_table, _ARTIFACT_COLUMNS),
+            segment.artifacts,
+        )
     if segment.events:
-        stmt = insert(events_table).returning(events_table.c.id, sort_by_parameter_order=True)
-        result = conn.execute(stmt, [row for row, _ in segment.events])
-        for (_, ids), (event_id,) in zip(segment.events, result, strict=True):
-            ids.append(int(event_id))
+        event_ids = sender.insert_events([row for row, _ in segment.events])
+        for (_, ids), event_id in zip(segment.events, event_ids, strict=True):
+            ids.append(event_id)

@@ -479,16 +479,19 @@ class Repository(_Queries):
         Nothing is sent if the body raises. With a sync writer (SQLite files), the whole
         transaction runs in one hop to its thread.
         """
-        from crew.store.bulk import BulkWriter, flush_segments
+        from crew.store.bulk import BulkWriter, ConnectionSender, flush_segments
 
         writer = BulkWriter()
         yield writer
+        segments = writer.segments
         with unavailable_on_failure(self._where):
             if self._sync_writer is not None:
-                await self._sync_writer.run(flush_segments, writer.segments)
+                await self._sync_writer.run(lambda sender: flush_segments(sender, segments))
             else:
                 async with self.engine.begin() as conn:
-                    await conn.run_sync(flush_segments, writer.segments)
+                    await conn.run_sync(
+                        lambda sync: flush_segments(ConnectionSender(sync), segments)
+                    )
 
     @asynccontextmanager
     async def batch(self) -> AsyncIterator[Writer]:
