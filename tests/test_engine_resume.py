@@ -248,14 +248,18 @@ async def test_interrupt_while_a_completion_is_being_committed(
     state: dict[str, Any] = {}
 
     async def answer_then_slow_down(request: LLMRequest) -> str:
-        state["repo"].slow_next = True  # the next transaction is this node's completion
+        # The node's start commits while its call runs: once it has, the next
+        # transaction is this node's completion.
+        while (await state["repo"].list_nodes(state["run_id"]))[0].status != "running":
+            await asyncio.sleep(0.005)
+        state["repo"].slow_next = True
         return "# a is done"
 
     provider = ScriptedProvider(default=keyed({"a": answer_then_slow_down}))
     async with harness(tmp_path, sqlite_url, provider) as h:
         repo = SlowBatches(h.repo)
         state["repo"] = repo
-        run_id = await h.create(plan_dict(n("a"), n("b", "a")))
+        run_id = state["run_id"] = await h.create(plan_dict(n("a"), n("b", "a")))
         task = asyncio.create_task(execute_run(repo, h.settings, h.client, run_id))
         await asyncio.wait_for(repo.slow_entered.wait(), 10)
         task.cancel()

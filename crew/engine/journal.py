@@ -8,8 +8,9 @@ are told only after the commit.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -80,7 +81,17 @@ class Journal:
 
     async def commit(self, *events: EngineEvent, apply: Apply | None = None) -> Any:
         """Apply `apply(writer)` and insert `events` in one transaction; return apply's value."""
+        return await self._delivered(events, self._enqueue(events, apply))
 
+    def commit_soon(self, *events: EngineEvent, apply: Apply | None = None) -> asyncio.Task[Any]:
+        """Queue the same transaction now and commit it in the background.
+
+        Its place in the commit order is taken now: anything committed later lands
+        after it. Await the task before recording what follows from this change.
+        """
+        return asyncio.ensure_future(self._delivered(events, self._enqueue(events, apply)))
+
+    def _enqueue(self, events: Sequence[EngineEvent], apply: Apply | None) -> asyncio.Future[Any]:
         rows = [
             NewEvent(
                 run_id=e.run_id,
@@ -101,21 +112,16 @@ class Journal:
             ids: list[int] = await writer.add_events(rows)
             return result, ids
 
-        result, ids = await self.queue.submit(operation)
+        return self.queue.enqueue(operation)
+
+    async def _delivered(
+        self, events: Sequence[EngineEvent], committed: asyncio.Future[Any]
+    ) -> Any:
+        """Wait for the commit, then tell the listeners (with the events' ids)."""
+        result, ids = await committed
         if self.listeners:
             for event, event_id in zip(events, ids, strict=True):
-                committed = EngineEvent(
-                    run_id=event.run_id,
-                    type=event.type,
-                    level=event.level,
-                    message=event.message,
-                    payload=event.payload,
-                    node_id=event.node_id,
-                    node_key=event.node_key,
-                    request_id=event.request_id,
-                    timestamp=event.timestamp,
-                    id=event_id,
-                )
+                committed_event = replace(event, id=event_id)
                 for listener in self.listeners:
-                    listener(committed)
+                    listener(committed_event)
         return result

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -104,14 +104,26 @@ class NodeWork:
 
     # -- execution -------------------------------------------------------------------
 
-    async def perform(self, state: NodeState, release: Callable[[], None] = _no_op) -> None:
-        """Execute the node; `release` is called once its LLM calls have answered."""
-        if state.spec.type == NodeType.MANAGE:
-            await self._manage(state, release)
-        else:
-            await self._execute(state, release)
+    async def perform(
+        self,
+        state: NodeState,
+        *,
+        started: Awaitable[Any],
+        release: Callable[[], None] = _no_op,
+    ) -> None:
+        """Execute the node; `release` is called once its LLM calls have answered.
 
-    async def _execute(self, state: NodeState, release: Callable[[], None]) -> None:
+        `started` is the commit of the node's start, running alongside the LLM call;
+        the node's result is committed only after it.
+        """
+        if state.spec.type == NodeType.MANAGE:
+            await self._manage(state, started, release)
+        else:
+            await self._execute(state, started, release)
+
+    async def _execute(
+        self, state: NodeState, started: Awaitable[Any], release: Callable[[], None]
+    ) -> None:
         spec = state.spec
         role = resolve_role(state.role or spec.suggested_agent_role, spec.type)
         state.role = role.name
@@ -149,6 +161,7 @@ class NodeWork:
         state.output = call.response.text
         await self._complete(
             state,
+            started,
             calls=[call],
             main=markdown,
             main_type="markdown",
@@ -158,7 +171,9 @@ class NodeWork:
             extra_events=[],
         )
 
-    async def _manage(self, state: NodeState, release: Callable[[], None]) -> None:
+    async def _manage(
+        self, state: NodeState, started: Awaitable[Any], release: Callable[[], None]
+    ) -> None:
         assert self.journal is not None
         spec = state.spec
         role = resolve_role(state.role or spec.suggested_agent_role, spec.type)
@@ -206,6 +221,7 @@ class NodeWork:
         )
         await self._complete(
             state,
+            started,
             calls=result.calls,
             main=answer_file,
             main_type="manager",
@@ -218,6 +234,7 @@ class NodeWork:
     async def _complete(
         self,
         state: NodeState,
+        started: Awaitable[Any],
         *,
         calls: list[CallResult],
         main: WrittenFile,
@@ -289,6 +306,7 @@ class NodeWork:
                 error=None,
             )
 
+        await started
         await journal.commit(*events, apply=apply)
         state.status = NodeStatus.COMPLETED
         state.checksum = checksum

@@ -168,29 +168,26 @@ class RunExecutor(RunLifecycle):
         attempt = 0
         while True:
             attempt += 1
-            await self._mark_started(state, attempt)
-            try:
-                # The timeout covers the node's LLM work (NodeWork applies it); storing
-                # an answer that arrived in time is never cut short.
-                await self.work.perform(state, release=lambda: self._free_slot(state.key))
+            failure = await self._attempt(state, attempt)
+            if failure is None:
                 return True
-            except TimeoutError:
-                error: CrewError | Exception = ProviderError(
+            if isinstance(failure, BudgetExceededError):
+                await self._budget_refused(state, failure)
+                return False
+            if isinstance(failure, TimeoutError):
+                error: Exception = ProviderError(
                     f"node timed out after {self.options.node_timeout_s:g}s",
                     provider="engine",
                     retryable=True,
                 )
-            except ProviderError as provider_error:
-                error = provider_error
-            except BudgetExceededError as budget_error:
-                await self._budget_refused(state, budget_error)
+            elif isinstance(failure, ProviderError):
+                error = failure
+            elif isinstance(failure, CrewError):
+                await self._mark_failed(state, str(failure))
                 return False
-            except CrewError as crew_error:
-                await self._mark_failed(state, str(crew_error))
-                return False
-            except Exception as unexpected:  # a bug must fail the node, not the whole run
-                log.exception("node %s failed unexpectedly", state.key)
-                await self._mark_failed(state, f"internal error: {unexpected!r}")
+            else:  # a bug must fail the node, not the whole run
+                log.error("node %s failed unexpectedly", state.key, exc_info=failure)
+                await self._mark_failed(state, f"internal error: {failure!r}")
                 return False
             retryable = isinstance(error, ProviderError) and error.retryable
             if not retryable or attempt > self.options.retries:
@@ -216,7 +213,27 @@ class RunExecutor(RunLifecycle):
             )
             await asyncio.sleep(delay)
 
-    async def _mark_started(self, state: NodeState, attempt: int) -> None:
+    async def _attempt(self, state: NodeState, attempt: int) -> Exception | None:
+        """One attempt at the node; the exception it ended with, None if it completed.
+
+        The start is queued first, so it commits before anything recorded about this
+        attempt, but its commit overlaps the LLM call instead of delaying it: after a
+        crash a node left `pending` or `running` is run again alike, so the call gains
+        nothing from waiting. The timeout covers the node's LLM work (NodeWork applies
+        it); storing an answer that arrived in time is never cut short.
+        """
+        started = self._mark_started(state, attempt)
+        try:
+            await self.work.perform(
+                state, started=started, release=lambda: self._free_slot(state.key)
+            )
+        except Exception as failure:
+            await started  # on record before how the attempt ended
+            return failure
+        return None
+
+    def _mark_started(self, state: NodeState, attempt: int) -> asyncio.Task[Any]:
+        """Queue the node's start (status, attempts, NODE_STARTED); returns its commit."""
         assert self.journal is not None
         state.status = NodeStatus.RUNNING
         state.attempts += 1
@@ -247,7 +264,7 @@ class RunExecutor(RunLifecycle):
                     attempt=state.attempts,
                 )
             )
-        await self.journal.commit(*events, apply=apply)
+        return self.journal.commit_soon(*events, apply=apply)
 
     async def _mark_failed(self, state: NodeState, error: str) -> None:
         assert self.journal is not None

@@ -55,13 +55,21 @@ class WriteQueue:
 
     async def submit(self, operation: Callable[[Any], Awaitable[T]]) -> T:
         """Queue `operation(writer)` and wait until its transaction has committed."""
+        result: T = await self.enqueue(operation)
+        return result
+
+    def enqueue(self, operation: Callable[[Any], Awaitable[T]]) -> asyncio.Future[T]:
+        """Queue `operation(writer)` now; the future resolves once it has committed.
+
+        Operations commit in the order they were queued: one queued later never lands
+        in an earlier transaction.
+        """
         if self._closed:
             raise RuntimeError("write queue is closed")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._pending.append((operation, future))
         self._wakeup.set()
-        result: T = await future
-        return result
+        return future
 
     async def _drain(self) -> None:
         while True:
