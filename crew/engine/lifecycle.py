@@ -76,7 +76,10 @@ class RunLifecycle:
         # answered. Writing a node's files and rows happens outside the slot, so the
         # next node's call starts while the previous one is still being stored.
         self._calling: set[str] = set()
-        self._slot_freed = asyncio.Event()
+        self._waiting: dict[str, int] = {}
+        """Per node, how many of its dependencies have not completed yet."""
+        self._ready: list[tuple[int, str]] = []
+        """Heap of (plan position, key) of the nodes whose dependencies have completed."""
         self._main_task: asyncio.Task[Any] | None = None
         self._cancel_requested = False
         self._ownership_lost = False

@@ -50,6 +50,17 @@ def _no_op() -> None:
     return None
 
 
+async def yield_to_started_nodes() -> None:
+    """Let the nodes a released slot just started make their LLM calls first.
+
+    Their first steps were queued by the release; one yield would put this node's
+    storage work between them (a wave of answers would then start the next wave's
+    calls one storage step apart), the second puts it behind all of them.
+    """
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
+
 class NodeWork:
     def __init__(
         self,
@@ -144,6 +155,7 @@ class NodeWork:
                 overrides=self.options.llm_layers("executor", spec.llm),
             )
         release()
+        await yield_to_started_nodes()
         sidecar_payload = build_sidecar(
             run_id=self.run_id,
             node_key=state.key,
@@ -189,6 +201,7 @@ class NodeWork:
                 overrides=self.options.llm_layers("manager", spec.llm),
             )
         release()
+        await yield_to_started_nodes()
         sidecar_payload = build_sidecar(
             run_id=self.run_id,
             node_key=state.key,

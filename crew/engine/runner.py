@@ -109,57 +109,52 @@ class RunExecutor(RunLifecycle):
         await self._skip([state], "budget exceeded")
 
     async def _schedule(self) -> None:
-        waiting = {
-            key: sum(1 for dep in set(state.spec.deps)) for key, state in self.states.items()
-        }
-        ready: list[tuple[int, str]] = [
-            (state.position, key) for key, state in self.states.items() if waiting[key] == 0
+        self._waiting = {key: len(set(state.spec.deps)) for key, state in self.states.items()}
+        self._ready = [
+            (state.position, key) for key, state in self.states.items() if not self._waiting[key]
         ]
-        heapq.heapify(ready)
-        limit = max(1, self.options.max_concurrency)
-        while ready or self._running:
-            while ready and len(self._calling) < limit and not self._budget_spent():
-                _, key = heapq.heappop(ready)
-                state = self.states[key]
-                if self.work.can_reuse(state, self.options.overrides):
-                    self._release_dependents(key, waiting, ready)
-                    continue
-                task = asyncio.create_task(self._run_node(state), name=f"crew-node-{key}")
-                self._running[task] = key
-                self._calling.add(key)
-            if not self._running:
-                break
-            slot_freed = asyncio.ensure_future(self._slot_freed.wait())
-            done, _ = await asyncio.wait(
-                {*self._running, slot_freed}, return_when=asyncio.FIRST_COMPLETED
-            )
-            slot_freed.cancel()
-            self._slot_freed.clear()
-            done.discard(slot_freed)
+        heapq.heapify(self._ready)
+        self._fill_slots()
+        while self._running:
+            done, _ = await asyncio.wait(set(self._running), return_when=asyncio.FIRST_COMPLETED)
             for task in sorted(done, key=lambda t: self.states[self._running[t]].position):
                 key = self._running.pop(task)
                 self._calling.discard(key)
                 if task.result():
-                    self._release_dependents(key, waiting, ready)
+                    self._release_dependents(key)
                 elif self.states[key].status != NodeStatus.SKIPPED:  # skipped: budget
                     await self._skip_descendants(key)
+            self._fill_slots()
         if self._budget_spent():
             pending = [s for s in self.states.values() if s.status == NodeStatus.PENDING]
             if pending:
                 await self._skip(sorted(pending, key=lambda s: s.position), "budget exceeded")
 
+    def _fill_slots(self) -> None:
+        """Start ready nodes, in plan order, while a slot is free and the budget allows."""
+        limit = max(1, self.options.max_concurrency)
+        while self._ready and len(self._calling) < limit and not self._budget_spent():
+            _, key = heapq.heappop(self._ready)
+            state = self.states[key]
+            if self.work.can_reuse(state, self.options.overrides):
+                self._release_dependents(key)
+                continue
+            task = asyncio.create_task(self._run_node(state), name=f"crew-node-{key}")
+            self._running[task] = key
+            self._calling.add(key)
+
     def _free_slot(self, key: str) -> None:
+        """A node's LLM calls have answered: its slot goes to the next ready node now,
+        not once the scheduler wakes up behind every other task's work."""
         if key in self._calling:
             self._calling.discard(key)
-            self._slot_freed.set()
+            self._fill_slots()
 
-    def _release_dependents(
-        self, key: str, waiting: dict[str, int], ready: list[tuple[int, str]]
-    ) -> None:
+    def _release_dependents(self, key: str) -> None:
         for child in self.dependents[key]:
-            waiting[child] -= 1
-            if waiting[child] == 0:
-                heapq.heappush(ready, (self.states[child].position, child))
+            self._waiting[child] -= 1
+            if self._waiting[child] == 0:
+                heapq.heappush(self._ready, (self.states[child].position, child))
 
     async def _run_node(self, state: NodeState) -> bool:
         """Execute one node with retries; True when it completed."""
