@@ -286,7 +286,7 @@ class RunLifecycle:
     async def _write_summary(
         self, status: RunStatus, ended_at: datetime, error: str | None = None
     ) -> tuple[dict[str, Any], WrittenFile]:
-        run = await self.repo.get_run(self.run.id)
+        run = await self.repo.get_run_progress(self.run.id)
         summary = build_summary(
             run=run,
             status=status,
@@ -397,7 +397,7 @@ class RunLifecycle:
                 if self._main_task is not None:
                     self._main_task.cancel()
                 return
-            run = await self.repo.get_run(run_id)
+            run = await self.repo.get_run_progress(run_id)
             if run is not None and run.cancel_requested_at is not None:
                 self.request_cancel()
 

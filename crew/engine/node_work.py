@@ -28,7 +28,7 @@ from crew.engine.journal import EngineEvent, Journal
 from crew.engine.options import RunOptions
 from crew.engine.sidecar import build_sidecar, usage_of
 from crew.engine.state import NodeState
-from crew.llm.client import CallResult, LLMClient, resolve_llm
+from crew.llm.client import CallResult, LLMClient
 from crew.settings import Settings
 
 
@@ -82,6 +82,7 @@ class NodeWork:
         self.dependents = plan.dependents()
         self.states: dict[str, NodeState] = {}
         self.journal: Journal | None = None
+        self._fixed_material: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
 
     # -- resume ----------------------------------------------------------------------
 
@@ -90,7 +91,7 @@ class NodeWork:
 
     def llm_fingerprint(self, state: NodeState) -> dict[str, Any]:
         kind = self.role_kind(state)
-        resolved = resolve_llm(self.settings, kind, *self.options.llm_layers(kind, state.spec.llm))
+        resolved = self.client.resolve(kind, self.options.llm_layers(kind, state.spec.llm))
         return {
             "provider": resolved.provider,
             "model": resolved.model,
@@ -99,10 +100,17 @@ class NodeWork:
         }
 
     def checksum(self, state: NodeState) -> str:
+        fixed = self._fixed_material.get(state.key)
+        if fixed is None:  # the spec and the LLM settings do not change during a run
+            fixed = self._fixed_material[state.key] = (
+                state.spec.to_dict(),
+                self.llm_fingerprint(state),
+            )
+        spec, llm = fixed
         return node_checksum(
-            spec=state.spec.to_dict(),
+            spec=spec,
             role=state.role,
-            llm=self.llm_fingerprint(state),
+            llm=llm,
             template_version=TEMPLATE_VERSION,
             dependency_hashes=[self.states[d].output_sha or "" for d in state.spec.deps],
         )

@@ -23,6 +23,7 @@ from crew.domain.events import EventLevel, EventType
 from crew.domain.plan import NodeType, Plan, is_valid_key, parse_plan
 from crew.domain.status import NodeStatus, RunStatus
 from crew.engine.files import RunFiles
+from crew.engine.gc_policy import freeze_long_lived_objects
 from crew.engine.journal import EventListener
 from crew.engine.lifecycle import HEARTBEAT_INTERVAL_S, HEARTBEAT_STALE_S
 from crew.engine.node_work import NodeWork, render_manager_answer
@@ -229,6 +230,7 @@ async def execute_run(
         await repo.release_run(run.id, owner)
         raise
     fresh = run.status == RunStatus.QUEUED.value and run.started_at is None
+    freeze_long_lived_objects()
     _LOCAL_EXECUTORS[run.id] = executor
     try:
         summary = await executor.execute(

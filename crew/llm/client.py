@@ -265,16 +265,25 @@ class LLMClient:
         self.limits = limits if limits is not None else ProviderLimits(settings)
         self.budget = budget
         self.observer = observer
+        self._resolved: dict[tuple[str, tuple[LLMSpec | None, ...]], ResolvedLLM] = {}
+        """resolve_llm's answers: the settings are fixed, so a role kind and overrides
+        always resolve the same way, and a run asks thousands of times."""
 
     def with_budget(self, budget: CallBudget | None) -> LLMClient:
         """This client with every call checked against `budget` (shares providers, limits,
         observer)."""
-        return LLMClient(
+        client = LLMClient(
             self.settings, self.providers, limits=self.limits, budget=budget, observer=self.observer
         )
+        client._resolved = self._resolved
+        return client
 
     def resolve(self, role_kind: str, overrides: Sequence[LLMSpec | None] = ()) -> ResolvedLLM:
-        return resolve_llm(self.settings, role_kind, *overrides)
+        key = (role_kind, tuple(overrides))
+        resolved = self._resolved.get(key)
+        if resolved is None:
+            resolved = self._resolved[key] = resolve_llm(self.settings, role_kind, *overrides)
+        return resolved
 
     async def call(
         self,

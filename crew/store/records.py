@@ -35,6 +35,26 @@ class RunRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class RunProgress:
+    """A run's status, totals and cancel flag, without its plan and options.
+
+    What an executing process re-reads while it runs (heartbeat, summary): the task
+    spec of a run with thousands of nodes takes milliseconds to decode, every time.
+    """
+
+    id: str
+    title: str
+    status: str
+    created_at: datetime
+    started_at: datetime | None
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    cost_unknown: bool
+    cancel_requested_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class NodeRecord:
     id: str
     run_id: str

@@ -34,6 +34,7 @@ from crew.store.records import (
     NewEvent,
     NewNode,
     NodeRecord,
+    RunProgress,
     RunRecord,
 )
 
@@ -50,10 +51,16 @@ def utcnow() -> datetime:
 
 def _checked(table: Table, columns: Mapping[str, Any]) -> dict[str, Any]:
     """Refuse unknown or immutable column names: a typo must not pass silently."""
-    unknown = sorted(set(columns) - {c.name for c in table.columns} | ({"id"} & set(columns)))
-    if unknown:
-        raise ValueError(f"cannot update {table.name} column(s): {', '.join(unknown)}")
+    names = frozenset(columns)
+    if (table.name, names) not in _ACCEPTED:  # the engine updates a few shapes, very often
+        unknown = sorted(names - {c.name for c in table.columns} | ({"id"} & names))
+        if unknown:
+            raise ValueError(f"cannot update {table.name} column(s): {', '.join(unknown)}")
+        _ACCEPTED.add((table.name, names))
     return dict(columns)
+
+
+_ACCEPTED: set[tuple[str, frozenset[str]]] = set()
 
 
 def _status_filter(table: Table, when_status: str | Collection[str] | None) -> list[Any]:
@@ -311,6 +318,11 @@ class _Queries:
     async def get_run(self, run_id: str) -> RunRecord | None:
         row = await self._one(select(runs_table).where(runs_table.c.id == run_id))
         return None if row is None else RunRecord(**row)
+
+    async def get_run_progress(self, run_id: str) -> RunProgress | None:
+        columns = [runs_table.c[name] for name in RunProgress.__dataclass_fields__]
+        row = await self._one(select(*columns).where(runs_table.c.id == run_id))
+        return None if row is None else RunProgress(**row)
 
     async def resolve_run_id(self, prefix: str) -> str:
         """The run id `prefix` names: an exact id wins, otherwise a unique prefix."""
