@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -176,3 +177,18 @@ async def test_success_is_recorded() -> None:
     )
     assert (result, attempts) == ("ok", 1)
     assert log == [Attempt(1, "ollama", None, ok=True)]
+
+
+def test_attempt_to_dict_names_every_field() -> None:
+    attempt = Attempt(2, "openai", "m", False, error="boom", status=503, retryable=True, wait_s=1.5)
+    assert attempt.to_dict() == {
+        "number": 2,
+        "provider": "openai",
+        "model": "m",
+        "ok": False,
+        "error": "boom",
+        "status": 503,
+        "retryable": True,
+        "wait_s": 1.5,
+    }
+    assert set(attempt.to_dict()) == {f.name for f in dataclasses.fields(Attempt)}

@@ -15,6 +15,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ class RunFiles:
     def node_folder(self, key: str) -> Path:
         if not is_valid_key(key):  # the plan validated it; this guards every other caller
             raise ValueError(f"invalid node key for a folder name: {key!r}")
-        return self.folder / "nodes" / key
+        return _node_folder(self.runs_root, self.run_id, key)
 
     def plan(self) -> Path:
         return self.folder / "plan.json"
@@ -90,6 +91,13 @@ class RunFiles:
         return await loop.run_in_executor(
             _file_writers(), lambda: [self.write_text(p, t) for p, t in files]
         )
+
+
+@lru_cache(maxsize=4096)
+def _node_folder(runs_root: Path, run_id: str, key: str) -> Path:
+    # Path joins parse their parts each time; a node's folder is asked for several
+    # times per node (artifact, sidecar, relative paths).
+    return runs_root / run_id / "nodes" / key
 
 
 _FILE_WRITERS: ThreadPoolExecutor | None = None

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from crew.domain.errors import ProviderError
@@ -50,7 +50,17 @@ class Attempt:
     """How long crew waited after this attempt before the next one."""
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        # Spelled out: dataclasses.asdict deep-copies every field, once per sidecar.
+        return {
+            "number": self.number,
+            "provider": self.provider,
+            "model": self.model,
+            "ok": self.ok,
+            "error": self.error,
+            "status": self.status,
+            "retryable": self.retryable,
+            "wait_s": self.wait_s,
+        }
 
 
 def backoff_delay(
