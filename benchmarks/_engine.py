@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from crew.domain.plan import Plan, parse_plan
+from crew.engine.files import RunFiles
 from crew.engine.options import RunOptions
 from crew.engine.service import create_run, execute_run
 from crew.llm.client import LLMClient
@@ -67,6 +68,17 @@ async def timed_run(settings: Settings, plan: Plan, **option_changes: Any) -> tu
             return run_id, elapsed
     finally:
         await registry.aclose()
+
+
+def filesystem_floor(folder: Path, nodes: int) -> float:
+    """Seconds to create `nodes` node folders with their two files, sequentially."""
+    files = RunFiles(folder, "floor")
+    text = "x" * 2000
+    started = time.perf_counter()
+    for i in range(nodes):
+        files.write_text(files.artifact(f"n{i}"), text)
+        files.write_text(files.artifact_sidecar(f"n{i}"), text)
+    return time.perf_counter() - started
 
 
 def in_temp_folder(body: Callable[[Path], Awaitable[dict[str, Any]]]) -> None:

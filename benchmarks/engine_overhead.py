@@ -23,12 +23,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _engine import bench_settings, chains_plan, in_temp_folder, timed_run
+from _engine import bench_settings, chains_plan, filesystem_floor, in_temp_folder, timed_run
 
 from crew.agents.executor import build_messages
 from crew.agents.goal import Goal
 from crew.agents.roles import resolve_role
-from crew.engine.files import RunFiles
 from crew.llm.base import LLMRequest
 from crew.llm.offline import OfflineProvider
 
@@ -48,17 +47,6 @@ async def provider_only(nodes: int) -> float:
             goal=goal, node=node, role=role, dependency_outputs=[], language="fr"
         )
         await provider.complete(LLMRequest(role=role.name, messages=messages))
-    return time.perf_counter() - started
-
-
-def filesystem_floor(folder: Path, nodes: int) -> float:
-    """Seconds to create `nodes` node folders with their two files, sequentially."""
-    files = RunFiles(folder, "floor")
-    text = "x" * 2000
-    started = time.perf_counter()
-    for i in range(nodes):
-        files.write_text(files.artifact(f"n{i}"), text)
-        files.write_text(files.artifact_sidecar(f"n{i}"), text)
     return time.perf_counter() - started
 
 
