@@ -93,6 +93,20 @@ async def test_create_and_get_run(repo: Repository) -> None:
     assert await repo.get_run("missing") is None
 
 
+async def test_run_progress_matches_the_run(repo: Repository) -> None:
+    await make_run(repo)
+    await repo.add_run_usage("run-1", 7, 3, None)
+    await repo.update_run("run-1", cancel_requested_at=datetime.now(UTC))
+    run = await repo.get_run("run-1")
+    progress = await repo.get_run_progress("run-1")
+    assert run is not None and progress is not None
+    for name in progress.__dataclass_fields__:
+        assert getattr(progress, name) == getattr(run, name), name
+    assert (progress.input_tokens, progress.output_tokens, progress.cost_unknown) == (7, 3, True)
+    assert_utc(progress.cancel_requested_at)
+    assert await repo.get_run_progress("missing") is None
+
+
 async def test_taken_run_id_is_a_conflict(repo: Repository) -> None:
     await make_run(repo)
     with pytest.raises(ConflictError, match="run-1"):

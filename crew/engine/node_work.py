@@ -12,6 +12,7 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from crew.agents.executor import DependencyOutput, execute
@@ -163,20 +164,12 @@ class NodeWork:
                 overrides=self.options.llm_layers("executor", spec.llm),
             )
         release()
-        await yield_to_started_nodes()
-        sidecar_payload = build_sidecar(
-            run_id=self.run_id,
-            node_key=state.key,
-            role=role.name,
-            operation="chat",
-            calls=[call],
-            prompt_max_chars=self.settings.sidecar_prompt_max_chars,
-        )
-        markdown, sidecar = await self.files.write_many(
-            [
-                (self.files.artifact(state.key), call.response.text),
-                (self.files.artifact_sidecar(state.key), to_json_text(sidecar_payload)),
-            ]
+        markdown, sidecar = await self._write_outputs(
+            state,
+            role.name,
+            [call],
+            main=(self.files.artifact(state.key), call.response.text),
+            sidecar_path=self.files.artifact_sidecar(state.key),
         )
         state.output = call.response.text
         await self._complete(
@@ -209,20 +202,12 @@ class NodeWork:
                 overrides=self.options.llm_layers("manager", spec.llm),
             )
         release()
-        await yield_to_started_nodes()
-        sidecar_payload = build_sidecar(
-            run_id=self.run_id,
-            node_key=state.key,
-            role=role.name,
-            operation="chat",
-            calls=result.calls,
-            prompt_max_chars=self.settings.sidecar_prompt_max_chars,
-        )
-        answer_file, sidecar = await self.files.write_many(
-            [
-                (self.files.manager_answer(state.key), to_json_text(result.answer)),
-                (self.files.manager_sidecar(state.key), to_json_text(sidecar_payload)),
-            ]
+        answer_file, sidecar = await self._write_outputs(
+            state,
+            role.name,
+            result.calls,
+            main=(self.files.manager_answer(state.key), to_json_text(result.answer)),
+            sidecar_path=self.files.manager_sidecar(state.key),
         )
         role_updates = {}
         for child in children:
@@ -251,6 +236,31 @@ class NodeWork:
             role_updates=role_updates,
             extra_events=[assigned_event],
         )
+
+    async def _write_outputs(
+        self,
+        state: NodeState,
+        role: str,
+        calls: list[CallResult],
+        *,
+        main: tuple[Path, str],
+        sidecar_path: Path,
+    ) -> tuple[WrittenFile, WrittenFile]:
+        """Write the node's main file and its sidecar, once the nodes a released slot
+        started have made their calls."""
+        await yield_to_started_nodes()
+        sidecar_payload = build_sidecar(
+            run_id=self.run_id,
+            node_key=state.key,
+            role=role,
+            operation="chat",
+            calls=calls,
+            prompt_max_chars=self.settings.sidecar_prompt_max_chars,
+        )
+        main_file, sidecar = await self.files.write_many(
+            [main, (sidecar_path, to_json_text(sidecar_payload))]
+        )
+        return main_file, sidecar
 
     async def _complete(
         self,
