@@ -7,6 +7,7 @@ no call, so "not re-run" is asserted on calls, not on timestamps.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -108,6 +109,13 @@ async def test_override_reruns_one_node_and_dependents_only_if_its_output_change
         assert calls_by_node(changed) == ["b", "c", "e"]  # a and d untouched
         text = (h.runs_root / first.run_id / "nodes/b/artifact_b.md").read_text(encoding="utf-8")
         assert text == "# new output 0"
+        # Three runs of b wrote its files three times: each file still has one row, and
+        # that row describes what is on disk now.
+        rows = await h.repo.list_artifacts(run_id=first.run_id)
+        assert len(rows) == len({row.path for row in rows}) == 2 * 5 + 1  # + summary.json
+        for row in rows:
+            data = (h.runs_root / row.path).read_bytes()
+            assert (hashlib.sha256(data).hexdigest(), len(data)) == (row.sha256, row.size)
         events = await h.events(first.run_id)
         assert [e.type for e in events].count("RUN_RESUMED") == 2
         # the run's stored options do not keep the one-off override

@@ -59,6 +59,40 @@ def test_migrations_round_trip_and_match_models(db_url: str) -> None:
     assert schema_diff(db_url) == []
 
 
+def test_upgrade_keeps_the_newest_row_of_each_artifact_file(db_url: str) -> None:
+    """Databases written before 0002 hold a row per write of a file; the newest stays."""
+    migrate.upgrade(db_url, "0001")
+    stamp = "2026-11-27 10:00:0{}+00:00"
+
+    def fill(connection: Connection) -> None:
+        connection.exec_driver_sql(
+            "INSERT INTO runs (id, title, status, created_at, options, task_spec, updated_at)"
+            f" VALUES ('r1', 't', 'completed', '{stamp.format(0)}', '{{}}', '{{}}',"
+            f" '{stamp.format(0)}')"
+        )
+        for artifact_id, path, second in (
+            ("old", "r1/nodes/a/artifact_a.md", 1),
+            ("new", "r1/nodes/a/artifact_a.md", 2),
+            ("older", "r1/nodes/a/artifact_a.md", 0),
+            ("only", "r1/summary.json", 1),
+        ):
+            connection.exec_driver_sql(
+                "INSERT INTO artifacts (id, run_id, type, path, sha256, size, created_at)"
+                f" VALUES ('{artifact_id}', 'r1', 'markdown', '{path}', 'x', 1,"
+                f" '{stamp.format(second)}')"
+            )
+        connection.commit()
+
+    migrate.run_with_connection(db_url, fill)
+    migrate.upgrade(db_url)
+    remaining = migrate.run_with_connection(
+        db_url,
+        lambda c: sorted(c.exec_driver_sql("SELECT id FROM artifacts").scalars()),
+    )
+    assert remaining == ["new", "only"]
+    assert schema_diff(db_url) == []
+
+
 async def test_fresh_sqlite_is_upgraded_on_first_use(sqlite_url: str) -> None:
     async with open_repository(Settings(database_url=sqlite_url)) as repo:
         assert await repo.count_runs() == 0
@@ -156,14 +190,16 @@ def test_revision_writes_into_the_source_tree(
         ["db", "revision", "-m", "add nothing", "--autogenerate", "--database-url", sqlite_url],
     )
     assert result.exit_code == 0, result.output
-    written = checkout / "migrations" / "versions" / "0002_add_nothing.py"
+    following = f"{int(SCHEMA_HEAD) + 1:04d}"
+    written = checkout / "migrations" / "versions" / f"{following}_add_nothing.py"
     assert written.is_file()
     text = written.read_text()
     assert (
-        "down_revision: str | None = '0001'" in text or 'down_revision: str | None = "0001"' in text
+        f"down_revision: str | None = '{SCHEMA_HEAD}'" in text
+        or f'down_revision: str | None = "{SCHEMA_HEAD}"' in text
     )
     assert "crew.store" not in text  # revisions never import application code
-    assert migrate.head() == "0002"
+    assert migrate.head() == following
 
 
 def test_migrations_dir_prefers_the_installed_layout(tmp_path: Path, monkeypatch: Any) -> None:

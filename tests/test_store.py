@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -20,7 +21,7 @@ from crew.domain.errors import (
 from crew.settings import Settings
 from crew.store import migrate
 from crew.store.database import create_engine, open_repository
-from crew.store.records import NewEvent, NewNode, RunRecord
+from crew.store.records import NewArtifact, NewEvent, NewNode, RunRecord
 from crew.store.repository import Repository
 
 
@@ -323,6 +324,43 @@ async def test_artifacts(repo: Repository) -> None:
     assert await repo.list_artifacts(node_id=n1.id) == [markdown]
     assert await repo.list_artifacts(run_id="run-1", type="sidecar") == [sidecar]
     assert await repo.list_artifacts(run_id="other") == []
+
+
+def markdown_of(node_id: str, text: str) -> NewArtifact:
+    return NewArtifact(
+        run_id="run-1",
+        node_id=node_id,
+        type="markdown",
+        path="run-1/nodes/n1/artifact_n1.md",
+        content=text,
+        summary=None,
+        sha256=text[0] * 64,
+        size=len(text),
+    )
+
+
+async def test_an_artifact_recorded_again_replaces_the_row_of_its_file(
+    repo: Repository,
+) -> None:
+    await make_run(repo)
+    n1 = (await repo.list_nodes("run-1"))[0]
+    first = await repo.add_artifact(**dataclasses.asdict(markdown_of(n1.id, "1 first")))
+    second = await repo.add_artifact(**dataclasses.asdict(markdown_of(n1.id, "2 second")))
+    assert await repo.get_artifact(first.id) is None
+    assert await repo.list_artifacts(run_id="run-1") == [second]
+
+    # The engine's buffered writer replaces rows the same way, also twice in one group.
+    async with repo.bulk() as writer:
+        await writer.add_artifacts([markdown_of(n1.id, "3 third")])
+        (last,) = await writer.add_artifacts([markdown_of(n1.id, "4 fourth")])
+    (row,) = await repo.list_artifacts(run_id="run-1")
+    assert (row.id, row.content) == (last.id, "4 fourth")
+
+    # The same path in another run is another file.
+    await make_run(repo, run_id="run-2")
+    other = dataclasses.replace(markdown_of(n1.id, "5 fifth"), run_id="run-2", node_id=None)
+    await repo.add_artifacts([other])
+    assert len(await repo.list_artifacts(run_id="run-1")) == 1
 
 
 async def test_events_are_monotonic_and_paged_by_cursor(repo: Repository) -> None:

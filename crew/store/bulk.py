@@ -3,7 +3,7 @@
 A group commit holds the changes of many nodes (a status here, two artifacts and five
 events there). Sent one by one, each costs a round trip to the database driver. The
 BulkWriter buffers them instead; `flush_segments` then sends one executemany per kind of
-change: event inserts, artifact inserts, updates grouped by the columns they set, usage
+change: event inserts, artifact replacements, updates grouped by the columns they set, usage
 increments summed per run. Buffering does no I/O, and flushing is one synchronous
 function, so on SQLite the whole group runs in a single hop to the writer thread
 instead of one hop per statement.
@@ -30,7 +30,7 @@ from sqlalchemy.sql.dml import UpdateBase
 
 from crew.store.models import artifacts_table, events_table, nodes_table, runs_table
 from crew.store.records import ArtifactRecord, NewArtifact, NewEvent
-from crew.store.repository import _checked, _event_row, utcnow
+from crew.store.repository import _checked, _event_row, replaced_artifacts_statement, utcnow
 
 _KEY = "b_key"
 """Bind name of the row id in grouped updates (must differ from every column name)."""
@@ -58,7 +58,8 @@ class Segment:
 
     updates: dict[Shape, list[dict[str, Any]]] = field(default_factory=dict)
     shape_of_row: dict[tuple[str, str], Shape] = field(default_factory=dict)
-    artifacts: list[dict[str, Any]] = field(default_factory=list)
+    # Keyed by (run_id, path): a file written twice in one group keeps its last row.
+    artifacts: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     events: list[tuple[dict[str, Any], list[int]]] = field(default_factory=list)
     usage: dict[str, _Usage] = field(default_factory=dict)
     releases: list[tuple[str, str]] = field(default_factory=list)
@@ -135,9 +136,9 @@ class BulkWriter:
                 created_at=now,
             )
             records.append(record)
-            self._current.artifacts.append(
-                {name: getattr(record, name) for name in _ARTIFACT_COLUMNS}
-            )
+            self._current.artifacts[(record.run_id, record.path)] = {
+                name: getattr(record, name) for name in _ARTIFACT_COLUMNS
+            }
         return records
 
     async def add_events(self, events: Sequence[NewEvent]) -> list[int]:
@@ -265,10 +266,12 @@ def _flush(sender: Sender, segment: Segment) -> None:
         rows = [{_KEY: run_id, "b_owner": owner} for run_id, owner in segment.releases]
         sender.send("release", _release_statement, rows)
     if segment.artifacts:
+        rows = list(segment.artifacts.values())
+        sender.send("artifacts_replaced", replaced_artifacts_statement, rows)
         sender.send(
             "artifacts",
             lambda: insert_statement(artifacts_table, _ARTIFACT_COLUMNS),
-            segment.artifacts,
+            rows,
         )
     if segment.events:
         event_ids = sender.insert_events([row for row, _ in segment.events])

@@ -116,6 +116,9 @@ class Artifact(SQLModel, table=True):
     __table_args__ = (
         Index("ix_artifacts_node_id", "node_id"),
         Index("ix_artifacts_run_id_type", "run_id", "type"),
+        # One row per file: a node that runs again overwrites its files, and its new
+        # rows replace the old ones (ARTIFACT_CREATED events keep the history).
+        Index("ux_artifacts_run_id_path", "run_id", "path", unique=True),
     )
 
     id: str = Field(sa_type=String(36), primary_key=True)

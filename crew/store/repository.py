@@ -19,7 +19,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Table, delete, func, insert, or_, select, true, update
+from sqlalchemy import Delete, Table, bindparam, delete, func, insert, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
@@ -43,6 +43,15 @@ if TYPE_CHECKING:
     from crew.store.sync_writer import SyncWriter
 
 AMBIGUOUS_SHOWN = 5
+
+
+def replaced_artifacts_statement() -> Delete:
+    """Delete the row of a file about to get a new one (one row per file, see models)."""
+    c = artifacts_table.c
+    return delete(artifacts_table).where(
+        c.run_id == bindparam("run_id", type_=c.run_id.type),
+        c.path == bindparam("path", type_=c.path.type),
+    )
 
 
 def utcnow() -> datetime:
@@ -258,24 +267,29 @@ class _Queries:
         sha256: str,
         size: int,
     ) -> ArtifactRecord:
-        record = ArtifactRecord(
-            id=str(uuid.uuid4()), run_id=run_id, node_id=node_id, type=type, path=path,
-            content=content, summary=summary, sha256=sha256, size=size, created_at=utcnow(),
+        """Record a file; a row already recorded for the same path is replaced."""
+        artifact = NewArtifact(
+            run_id=run_id, node_id=node_id, type=type, path=path, content=content,
+            summary=summary, sha256=sha256, size=size,
         )  # fmt: skip
-        async with self._connection() as conn:
-            await conn.execute(insert(artifacts_table).values(_as_dict(record)))
+        (record,) = await self.add_artifacts([artifact])
         return record
 
     async def add_artifacts(self, artifacts: Sequence[NewArtifact]) -> list[ArtifactRecord]:
-        """Insert several artifacts in one executemany (a node writes two at once)."""
+        """Record several files in one transaction (a node writes two at once).
+
+        Each replaces the row already recorded for its path: the file was overwritten.
+        """
         now = utcnow()
         records = [
             ArtifactRecord(id=str(uuid.uuid4()), created_at=now, **dataclasses.asdict(a))
             for a in artifacts
         ]
-        if records:
+        rows = list({(r.run_id, r.path): _as_dict(r) for r in records}.values())
+        if rows:
             async with self._connection() as conn:
-                await conn.execute(insert(artifacts_table), [_as_dict(r) for r in records])
+                await conn.execute(replaced_artifacts_statement(), rows)
+                await conn.execute(insert(artifacts_table), rows)
         return records
 
     async def add_event(
