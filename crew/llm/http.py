@@ -18,12 +18,14 @@ import json
 import math
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Self
 
 import httpx
 
 from crew.domain.errors import ProviderError
+from crew.llm.base import LLMRequest, LLMResponse, estimate_tokens
 
 DETAIL_MAX_CHARS = 300
 """Longest server error text quoted in a message: enough to act on, short enough to log."""
@@ -222,8 +224,26 @@ def malformed(provider: str, url: str, why: str, status: int | None = None) -> H
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One request and its answer: where it went, the response, its JSON object body, and
+    the milliseconds it took."""
+
+    url: str
+    response: httpx.Response
+    body: dict[str, Any]
+    elapsed_ms: float
+
+
 class HTTPProviderBase:
-    """What every HTTP provider shares: its base URL and one reused client it may own."""
+    """What every HTTP provider shares: its base URL, one reused client it may own, how a
+    call goes out, and how an answer's usage becomes an LLMResponse.
+
+    Subclasses set `name`, describe their wire format, and say what to do when the
+    server cannot be reached.
+    """
+
+    name: str
 
     def __init__(
         self,
@@ -237,6 +257,97 @@ class HTTPProviderBase:
             client if client is not None else create_client(max_connections=max_connections)
         )
         self._owns_client = client is None
+
+    @property
+    def unreachable_message(self) -> str:
+        raise NotImplementedError
+
+    def headers(self) -> dict[str, str]:
+        """Headers every request carries (none unless the provider needs some)."""
+        return {}
+
+    def payload(self, request: LLMRequest, model: str) -> dict[str, Any]:
+        """The provider's request body for a chat call."""
+        raise NotImplementedError
+
+    def rejection(self, response: httpx.Response, model: str | None) -> HTTPProviderError:
+        """The error for an HTTP error status (`model`: the one a chat call asked for)."""
+        return response_error(self.name, response, error_detail(response))
+
+    async def fetch(
+        self, path: str, payload: Mapping[str, Any] | None, *, timeout_s: float, model: str | None
+    ) -> Exchange:
+        """POST `payload` to `path` (GET when None) and read the JSON object answered.
+
+        Transport failures, error statuses and bodies that are not a JSON object raise
+        HTTPProviderError.
+        """
+        url = f"{self.base_url}{path}"
+        watch = Stopwatch()
+        response = await post_json(
+            self._client,
+            url,
+            payload,
+            headers=self.headers(),
+            timeout_s=timeout_s,
+            provider=self.name,
+            unreachable=self.unreachable_message,
+        )
+        if response.status_code >= 400:
+            raise self.rejection(response, model)
+        body = json_object(response, provider=self.name, url=url)
+        return Exchange(url, response, body, watch.elapsed_ms())
+
+    async def chat(self, request: LLMRequest, path: str) -> tuple[str, Exchange]:
+        """Send a chat call; the model asked for, and the exchange."""
+        model = request.model
+        if not model:
+            raise no_model_error(self.name)
+        payload = self.payload(request, model)
+        return model, await self.fetch(path, payload, timeout_s=request.timeout_s, model=model)
+
+    def malformed(self, exchange: Exchange, why: str) -> HTTPProviderError:
+        """The error for a body that does not hold what the wire format promises."""
+        return malformed(self.name, exchange.url, why, exchange.response.status_code)
+
+    def answer(
+        self,
+        request: LLMRequest,
+        *,
+        text: str,
+        body: Mapping[str, Any],
+        requested_model: str,
+        reported: tuple[object, object],
+        latency_ms: float,
+        finish_reason: object,
+        extra: dict[str, object],
+    ) -> LLMResponse:
+        """The LLMResponse of an answer `text`, from the usage the server `reported`
+        (prompt and completion tokens, as found in its body).
+
+        A count the server left out is estimated, and the response says so; the model is
+        the one the server names, else the one requested.
+        """
+        prompt_tokens, completion_tokens = (reported_tokens(value) for value in reported)
+        estimated = prompt_tokens is None or completion_tokens is None
+        if prompt_tokens is None:
+            prompt_tokens = sum(estimate_tokens(m.content) for m in request.messages)
+        if completion_tokens is None:
+            completion_tokens = estimate_tokens(text)
+        response_model = body.get("model")
+        return LLMResponse(
+            text=text,
+            model=response_model
+            if isinstance(response_model, str) and response_model
+            else requested_model,
+            input_tokens=prompt_tokens,
+            output_tokens=completion_tokens,
+            latency_ms=latency_ms,
+            finish_reason=finish_reason if isinstance(finish_reason, str) else None,
+            provider=self.name,
+            usage_estimated=estimated,
+            extra=extra,
+        )
 
     async def aclose(self) -> None:
         """Close the HTTP client, unless the caller passed one in (then it is theirs)."""

@@ -13,20 +13,14 @@ from typing import Any
 
 import httpx
 
-from crew.llm.base import LLMRequest, LLMResponse, estimate_tokens
+from crew.llm.base import LLMRequest, LLMResponse
 from crew.llm.http import (
     HTTPProviderBase,
     HTTPProviderError,
-    Stopwatch,
     display_url,
     error_detail,
-    json_object,
-    malformed,
-    no_model_error,
-    post_json,
     reported_tokens,
     response_error,
-    status_error,
 )
 from crew.settings import Settings
 
@@ -64,56 +58,28 @@ class OllamaProvider(HTTPProviderBase):
         return body
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
-        model = request.model
-        if not model:
-            raise no_model_error(self.name)
-        url = f"{self.base_url}/api/chat"
-        watch = Stopwatch()
-        response = await post_json(
-            self._client,
-            url,
-            self.payload(request, model),
-            timeout_s=request.timeout_s,
-            provider=self.name,
-            unreachable=self.unreachable_message,
-        )
-        if response.status_code >= 400:
-            raise self._status_error(response, model)
-        body = json_object(response, provider=self.name, url=url)
-        measured_ms = watch.elapsed_ms()
+        model, exchange = await self.chat(request, "/api/chat")
+        body, measured_ms = exchange.body, exchange.elapsed_ms
         message = body.get("message")
         content = message.get("content") if isinstance(message, dict) else None
         if not isinstance(content, str):
-            raise malformed(self.name, url, "no message.content", response.status_code)
-
-        prompt_tokens = reported_tokens(body.get("prompt_eval_count"))
-        completion_tokens = reported_tokens(body.get("eval_count"))
-        estimated = prompt_tokens is None or completion_tokens is None
-        if prompt_tokens is None:
-            prompt_tokens = sum(estimate_tokens(m.content) for m in request.messages)
-        if completion_tokens is None:
-            completion_tokens = estimate_tokens(content)
-
+            raise self.malformed(exchange, "no message.content")
         total_ns = reported_tokens(body.get("total_duration"))
-        latency_ms = total_ns / 1e6 if total_ns else measured_ms
-        done_reason = body.get("done_reason")
-        response_model = body.get("model")
-        return LLMResponse(
+        return self.answer(
+            request,
             text=content,
-            model=response_model if isinstance(response_model, str) and response_model else model,
-            input_tokens=prompt_tokens,
-            output_tokens=completion_tokens,
-            latency_ms=latency_ms,
-            finish_reason=done_reason if isinstance(done_reason, str) else None,
-            provider=self.name,
-            usage_estimated=estimated,
+            body=body,
+            requested_model=model,
+            reported=(body.get("prompt_eval_count"), body.get("eval_count")),
+            latency_ms=total_ns / 1e6 if total_ns else measured_ms,
+            finish_reason=body.get("done_reason"),
             extra={"wall_ms": round(measured_ms, 3)},
         )
 
-    def _status_error(self, response: httpx.Response, model: str) -> HTTPProviderError:
+    def rejection(self, response: httpx.Response, model: str | None) -> HTTPProviderError:
         detail = error_detail(response)
         status = response.status_code
-        if status == 404 and _MODEL_NOT_FOUND.search(detail):
+        if model and status == 404 and _MODEL_NOT_FOUND.search(detail):
             return HTTPProviderError(
                 f'Ollama at {display_url(self.base_url)} has no model "{model}": '
                 f"run `ollama pull {model}`",
@@ -125,20 +91,10 @@ class OllamaProvider(HTTPProviderBase):
 
     async def list_models(self, *, timeout_s: float = 5.0) -> list[str]:
         """Names of the installed models (`GET /api/tags`), for diagnostics."""
-        url = f"{self.base_url}/api/tags"
-        response = await post_json(
-            self._client,
-            url,
-            None,
-            timeout_s=timeout_s,
-            provider=self.name,
-            unreachable=self.unreachable_message,
-        )
-        if response.status_code >= 400:
-            raise status_error(self.name, response.status_code, error_detail(response))
-        models = json_object(response, provider=self.name, url=url).get("models")
+        exchange = await self.fetch("/api/tags", None, timeout_s=timeout_s, model=None)
+        models = exchange.body.get("models")
         if not isinstance(models, list):
-            raise malformed(self.name, url, "no models list", response.status_code)
+            raise self.malformed(exchange, "no models list")
         return [
             str(m.get("name") or m.get("model"))
             for m in models

@@ -15,18 +15,12 @@ from typing import Any
 
 import httpx
 
-from crew.llm.base import LLMRequest, LLMResponse, estimate_tokens
+from crew.llm.base import LLMRequest, LLMResponse
 from crew.llm.http import (
     HTTPProviderBase,
     HTTPProviderError,
-    Stopwatch,
     display_url,
     error_detail,
-    json_object,
-    malformed,
-    no_model_error,
-    post_json,
-    reported_tokens,
     response_error,
 )
 from crew.settings import Settings
@@ -78,70 +72,44 @@ class OpenAIProvider(HTTPProviderBase):
         return body
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
-        model = request.model
-        if not model:
-            raise no_model_error(self.name)
-        url = f"{self.base_url}/chat/completions"
-        watch = Stopwatch()
-        response = await post_json(
-            self._client,
-            url,
-            self.payload(request, model),
-            headers=self.headers(),
-            timeout_s=request.timeout_s,
-            provider=self.name,
-            unreachable=self.unreachable_message,
-        )
-        latency_ms = watch.elapsed_ms()
-        if response.status_code >= 400:
-            raise self._status_error(response)
-        body = json_object(response, provider=self.name, url=url)
+        model, exchange = await self.chat(request, "/chat/completions")
+        body = exchange.body
         choices = body.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             why = "no choices"
             if "error" in body:  # some compatible servers report errors with a 200
-                why += f" (the server said: {error_detail(response, secrets=[self._api_key])})"
-            raise malformed(self.name, url, why, response.status_code)
+                detail = error_detail(exchange.response, secrets=[self._api_key])
+                why += f" (the server said: {detail})"
+            raise self.malformed(exchange, why)
         choice = choices[0]
         message = choice.get("message")
         if not isinstance(message, dict):
-            raise malformed(self.name, url, "no choices[0].message", response.status_code)
+            raise self.malformed(exchange, "no choices[0].message")
         content = message.get("content")
         if content is None:
             content = ""  # e.g. a refusal or a tool call: an empty answer, not a broken body
         if not isinstance(content, str):
-            raise malformed(self.name, url, "choices[0].message.content is not text")
+            raise self.malformed(exchange, "choices[0].message.content is not text")
 
         usage = body.get("usage")
         usage = usage if isinstance(usage, dict) else {}
-        prompt_tokens = reported_tokens(usage.get("prompt_tokens"))
-        completion_tokens = reported_tokens(usage.get("completion_tokens"))
-        estimated = prompt_tokens is None or completion_tokens is None
-        if prompt_tokens is None:
-            prompt_tokens = sum(estimate_tokens(m.content) for m in request.messages)
-        if completion_tokens is None:
-            completion_tokens = estimate_tokens(content)
-
-        finish_reason = choice.get("finish_reason")
-        response_model = body.get("model")
         extra: dict[str, object] = {}
         if isinstance(body.get("id"), str):
             extra["response_id"] = body["id"]
         if isinstance(message.get("refusal"), str):
             extra["refusal"] = message["refusal"]
-        return LLMResponse(
+        return self.answer(
+            request,
             text=content,
-            model=response_model if isinstance(response_model, str) and response_model else model,
-            input_tokens=prompt_tokens,
-            output_tokens=completion_tokens,
-            latency_ms=latency_ms,
-            finish_reason=finish_reason if isinstance(finish_reason, str) else None,
-            provider=self.name,
-            usage_estimated=estimated,
+            body=body,
+            requested_model=model,
+            reported=(usage.get("prompt_tokens"), usage.get("completion_tokens")),
+            latency_ms=exchange.elapsed_ms,
+            finish_reason=choice.get("finish_reason"),
             extra=extra,
         )
 
-    def _status_error(self, response: httpx.Response) -> HTTPProviderError:
+    def rejection(self, response: httpx.Response, model: str | None) -> HTTPProviderError:
         status = response.status_code
         where = display_url(self.base_url)
         if status in (401, 403):
@@ -167,21 +135,10 @@ class OpenAIProvider(HTTPProviderBase):
 
     async def list_models(self, *, timeout_s: float = 5.0) -> list[str]:
         """Model ids the server offers (`GET /models`); also proves the key is accepted."""
-        url = f"{self.base_url}/models"
-        response = await post_json(
-            self._client,
-            url,
-            None,
-            headers=self.headers(),
-            timeout_s=timeout_s,
-            provider=self.name,
-            unreachable=self.unreachable_message,
-        )
-        if response.status_code >= 400:
-            raise self._status_error(response)
-        data = json_object(response, provider=self.name, url=url).get("data")
+        exchange = await self.fetch("/models", None, timeout_s=timeout_s, model=None)
+        data = exchange.body.get("data")
         if not isinstance(data, list):
-            raise malformed(self.name, url, "no data list", response.status_code)
+            raise self.malformed(exchange, "no data list")
         return [str(m["id"]) for m in data if isinstance(m, dict) and m.get("id")]
 
 
