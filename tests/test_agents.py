@@ -16,9 +16,10 @@ from crew.agents.roles import RoleSpec, resolve_role
 from crew.domain.errors import ConfigError, PlanValidationError
 from crew.domain.plan import LLMSpec, NodeType, PlanNode
 from crew.llm.base import Message
-from crew.llm.client import LLMClient, resolve_llm
+from crew.llm.client import LLMClient
 from crew.llm.offline import OfflineProvider
 from crew.llm.registry import ProviderRegistry
+from crew.llm.resolution import resolve_llm
 from crew.settings import RoleSettings, Settings, settings_from_values
 
 GOAL = Goal("Rapport 80p", "Un rapport sur l'énergie", ("80 pages",))

@@ -11,7 +11,7 @@ from typing import Any
 from crew.domain.plan import NodeType, Plan
 from crew.engine.options import RunOptions
 from crew.engine.service import initial_role
-from crew.llm.client import resolve_llm
+from crew.llm.resolution import resolve_llm
 from crew.settings import Settings
 
 

@@ -1,134 +1,35 @@
 """The one place that turns "a role wants to call an LLM" into a provider call.
 
 Agents never pick a provider themselves: they name their role kind and pass the layers
-of overrides they know about, and `resolve_llm` applies one precedence rule everywhere
-(CLI flags > node > request options > `<ROLE>_*` settings > `LLM_DEFAULT_*`). The
-result records where each value came from, for dry runs, `crew doctor` and sidecars.
-
-`LLMClient.call` then makes the call the way every caller needs it made: within the
-provider's concurrency limit, retried on transient failures (HTTP providers), handed to
-LLM_FALLBACK_ORDER when the provider cannot answer, priced once, and checked against a
-run budget before it starts. Every try is recorded, because the sidecar shows them.
+of overrides they know about; `LLMClient.resolve` applies the one precedence rule
+(crew/llm/resolution.py). `LLMClient.call` then makes the call the way every caller
+needs it made: within the provider's concurrency limit, retried on transient failures
+(HTTP providers), handed to LLM_FALLBACK_ORDER when the provider cannot answer
+(crew/llm/fallback.py), priced once, and checked against a run budget before it starts.
+Every try is recorded, because the sidecar shows them.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from crew.domain.errors import ConfigError, NoProviderAnsweredError, ProviderError
 from crew.domain.plan import LLMSpec
 from crew.llm.base import LLMRequest, LLMResponse, Message, Provider
+from crew.llm.fallback import RETRIED_PROVIDERS, call_candidates
 from crew.llm.limits import ProviderLimits
 from crew.llm.pricing import Price, cost_usd, price_for
 from crew.llm.registry import ProviderRegistry
+from crew.llm.resolution import ResolvedLLM, resolve_llm
 from crew.llm.retry import Attempt, with_retries
-from crew.settings import ROLE_NAMES, Settings
+from crew.settings import Settings
 
 log = logging.getLogger("crew.llm")
-
-RETRIED_PROVIDERS: frozenset[str] = frozenset({"ollama", "openai"})
-"""Providers whose calls are retried here (OPENAI_MAX_RETRIES and backoff settings).
-
-The offline provider cannot fail transiently, so it is called once; a failure of any
-other provider is left to the caller (node retries).
-"""
-
-DEFAULT_OVERRIDE_SOURCES: tuple[str, ...] = ("cli", "node", "request")
-"""Labels of the override layers by position; pass None for a layer that is absent."""
-
-
-@dataclass(frozen=True, slots=True)
-class ResolvedLLM:
-    provider: str
-    model: str | None
-    """None means "the provider's default model"."""
-    temperature: float
-    max_tokens: int
-    timeout_s: float
-    sources: Mapping[str, str] = field(default_factory=dict)
-    """Field name -> "cli" / "node" / "request" / "role" / "default"."""
-
-
-def resolve_llm(
-    settings: Settings,
-    role_kind: str,
-    *overrides: LLMSpec | None,
-    sources: Sequence[str] = DEFAULT_OVERRIDE_SOURCES,
-) -> ResolvedLLM:
-    """Resolve each field from the first layer that sets it.
-
-    A model belongs to a provider: a layer's model is skipped when that same layer names
-    a different provider than the one resolved (so a node asking for `ollama` does not
-    inherit `LLM_DEFAULT_MODEL=gpt-4o-mini` meant for the default provider).
-    """
-    if role_kind not in ROLE_NAMES:
-        raise ConfigError(f"unknown role kind {role_kind!r} (accepted: {', '.join(ROLE_NAMES)})")
-    role = settings.role(role_kind)
-    layers: list[tuple[str, LLMSpec]] = []
-    for position, spec in enumerate(overrides):
-        if spec is not None:
-            label = sources[position] if position < len(sources) else f"override{position + 1}"
-            layers.append((label, spec))
-    layers.append(
-        (
-            "role",
-            LLMSpec(
-                provider=role.provider,
-                model=role.model,
-                temperature=role.temperature,
-                max_tokens=role.max_tokens,
-                timeout_s=role.timeout_s,
-            ),
-        )
-    )
-    layers.append(
-        (
-            "default",
-            LLMSpec(
-                provider=settings.llm_default_provider,
-                model=settings.llm_default_model,
-                temperature=settings.llm_default_temperature,
-                max_tokens=settings.llm_default_max_tokens,
-                timeout_s=settings.llm_timeout_s,
-            ),
-        )
-    )
-    provider, provider_source = _first(layers, "provider")
-    model_layers = [(label, spec) for label, spec in layers if spec.provider in (None, provider)]
-    model, model_source = _first(model_layers, "model")
-    temperature, temperature_source = _first(layers, "temperature")
-    max_tokens, max_tokens_source = _first(layers, "max_tokens")
-    timeout_s, timeout_source = _first(layers, "timeout_s")
-    origin = {
-        "provider": provider_source,
-        "temperature": temperature_source,
-        "max_tokens": max_tokens_source,
-        "timeout_s": timeout_source,
-    }
-    if model is not None:
-        origin["model"] = model_source
-    return ResolvedLLM(
-        provider=str(provider),
-        model=str(model) if model is not None else None,
-        temperature=float(temperature),
-        max_tokens=int(max_tokens),
-        timeout_s=float(timeout_s),
-        sources=origin,
-    )
-
-
-def _first(layers: Sequence[tuple[str, LLMSpec]], name: str) -> tuple[Any, str]:
-    """The first non-None value of field `name` and the label of its layer."""
-    for label, spec in layers:
-        value = getattr(spec, name)
-        if value is not None:
-            return value, label
-    return None, "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,56 +83,6 @@ class CallObserver(Protocol):
     ) -> None: ...
 
     def call_done(self, result: CallResult) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """A provider and model to try for one call; `skip` says why it cannot be tried."""
-
-    provider: str
-    model: str | None
-    skip: str | None = None
-
-
-def fallback_model(settings: Settings, provider: str) -> str | None:
-    """The model a provider is tried with as a fallback.
-
-    `<PROVIDER>_FALLBACK_MODEL` when set; otherwise LLM_DEFAULT_MODEL when that provider is
-    LLM_DEFAULT_PROVIDER (the model was chosen for it). Never the failed call's model: a
-    model name belongs to its provider, and an Ollama tag means nothing to another server.
-    """
-    configured = {
-        "ollama": settings.ollama_fallback_model,
-        "openai": settings.openai_fallback_model,
-    }.get(provider)
-    if configured:
-        return configured
-    if settings.llm_default_provider == provider:
-        return settings.llm_default_model
-    return None
-
-
-def call_candidates(settings: Settings, provider: str, model: str | None) -> list[Candidate]:
-    """The resolved provider first, then LLM_FALLBACK_ORDER, each at most once.
-
-    `offline` is only ever tried when it is listed: crew never answers with it silently.
-    A provider listed again with the same model is skipped (its retries already ran);
-    an HTTP provider without a fallback model is reported, not guessed at.
-    """
-    candidates = [Candidate(provider, model)]
-    seen = {(provider, model)}
-    for name in settings.llm_fallback_order:
-        chosen = fallback_model(settings, name)
-        if (name, chosen) in seen or (name == provider and chosen is None):
-            continue
-        seen.add((name, chosen))
-        if chosen is None and name in RETRIED_PROVIDERS:
-            candidates.append(
-                Candidate(name, None, f"no fallback model: set {name.upper()}_FALLBACK_MODEL")
-            )
-            continue
-        candidates.append(Candidate(name, chosen))
-    return candidates
 
 
 @dataclass(slots=True)

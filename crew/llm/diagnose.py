@@ -17,8 +17,9 @@ from typing import Any
 
 from crew.domain.errors import CrewError
 from crew.domain.plan import LLMSpec
-from crew.llm.client import fallback_model, resolve_llm
+from crew.llm.fallback import fallback_model
 from crew.llm.pricing import price_for
+from crew.llm.resolution import resolve_llm
 from crew.settings import ROLE_NAMES, Settings
 
 CHECK_TIMEOUT_S = 5.0

@@ -5,7 +5,8 @@ Statements are SQLAlchemy Core on the SQLModel tables: the engine writes many sm
 only the columns they change, so two writers touching different columns of one row
 (say, the engine setting a status while a heartbeat lands) never undo each other.
 
-The query code is written once, in `_Queries`. `Writer` runs it on one connection inside
+The query code is written once: reads in `Lookups` (crew/store/lookups.py), writes in
+`_Queries`. `Writer` runs it on one connection inside
 the transaction `Repository.batch()` opened; `Repository` runs each call in its own
 short transaction.
 """
@@ -15,34 +16,28 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Delete, Table, bindparam, delete, func, insert, or_, select, true, update
+from sqlalchemy import Delete, Table, bindparam, delete, insert, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.sql.elements import ColumnElement
 
-from crew.domain.errors import AmbiguousIdError, ConflictError, NotFoundError
+from crew.domain.errors import ConflictError
 from crew.store.errors import unavailable_on_failure
+from crew.store.lookups import Lookups
 from crew.store.models import artifacts_table, events_table, nodes_table, runs_table
 from crew.store.records import (
     ArtifactRecord,
-    EventRecord,
     NewArtifact,
     NewEvent,
     NewNode,
-    NodeRecord,
-    RunProgress,
-    RunRecord,
 )
 
 if TYPE_CHECKING:
     from crew.store.bulk import BulkWriter
     from crew.store.sync_writer import SyncWriter
-
-AMBIGUOUS_SHOWN = 5
 
 
 def replaced_artifacts_statement() -> Delete:
@@ -79,11 +74,9 @@ def _status_filter(table: Table, when_status: str | Collection[str] | None) -> l
     return [table.c.status.in_(wanted)]
 
 
-class _Queries:
-    """The queries; subclasses say which connection (and transaction) they run on."""
-
-    def _connection(self) -> AbstractAsyncContextManager[AsyncConnection]:
-        raise NotImplementedError
+class _Queries(Lookups):
+    """The writes (the reads come from Lookups); subclasses say which connection (and
+    transaction) they run on."""
 
     # ---- runs -------------------------------------------------------------------------
 
@@ -326,144 +319,6 @@ class _Queries:
         async with self._connection() as conn:
             result = await conn.execute(stmt, [_event_row(e, now) for e in events])
             return [int(row[0]) for row in result]
-
-    # ---- reads --------------------------------------------------------------------------
-
-    async def get_run(self, run_id: str) -> RunRecord | None:
-        row = await self._one(select(runs_table).where(runs_table.c.id == run_id))
-        return None if row is None else RunRecord(**row)
-
-    async def get_run_progress(self, run_id: str) -> RunProgress | None:
-        columns = [runs_table.c[name] for name in RunProgress.__dataclass_fields__]
-        row = await self._one(select(*columns).where(runs_table.c.id == run_id))
-        return None if row is None else RunProgress(**row)
-
-    async def resolve_run_id(self, prefix: str) -> str:
-        """The run id `prefix` names: an exact id wins, otherwise a unique prefix."""
-        c = runs_table.c
-        if prefix and await self._one(select(c.id).where(c.id == prefix)) is not None:
-            return prefix
-        # substr, not LIKE: LIKE is case-insensitive on SQLite and `_` is a wildcard.
-        stmt = (
-            select(c.id)
-            .where(func.substr(c.id, 1, len(prefix)) == prefix)
-            .order_by(c.id)
-            .limit(AMBIGUOUS_SHOWN + 1)
-        )
-        matches = [row["id"] for row in await self._all(stmt)] if prefix else []
-        if not matches:
-            raise NotFoundError(f"no run matches {prefix!r}")
-        if len(matches) > 1:
-            shown = matches[:AMBIGUOUS_SHOWN]
-            more = " (and more)" if len(matches) > AMBIGUOUS_SHOWN else ""
-            raise AmbiguousIdError(
-                f"run id prefix {prefix!r} matches several runs{more}; give more characters",
-                problems=shown,
-            )
-        return str(matches[0])
-
-    async def list_runs(
-        self, *, status: str | None = None, limit: int = 50, offset: int = 0
-    ) -> list[RunRecord]:
-        """Newest first; ties on created_at are broken by id so pages are stable."""
-        c = runs_table.c
-        stmt = select(runs_table).order_by(c.created_at.desc(), c.id.desc())
-        if status is not None:
-            stmt = stmt.where(c.status == status)
-        rows = await self._all(stmt.limit(limit).offset(offset))
-        return [RunRecord(**row) for row in rows]
-
-    async def count_runs(self, status: str | None = None) -> int:
-        stmt = select(func.count()).select_from(runs_table)
-        if status is not None:
-            stmt = stmt.where(runs_table.c.status == status)
-        return int(await self._scalar(stmt) or 0)
-
-    async def list_nodes(self, run_id: str) -> list[NodeRecord]:
-        c = nodes_table.c
-        stmt = select(nodes_table).where(c.run_id == run_id).order_by(c.position, c.key)
-        return [NodeRecord(**row) for row in await self._all(stmt)]
-
-    async def get_node(self, node_id: str) -> NodeRecord | None:
-        row = await self._one(select(nodes_table).where(nodes_table.c.id == node_id))
-        return None if row is None else NodeRecord(**row)
-
-    async def get_node_by_key(self, run_id: str, key: str) -> NodeRecord | None:
-        c = nodes_table.c
-        row = await self._one(select(nodes_table).where(c.run_id == run_id, c.key == key))
-        return None if row is None else NodeRecord(**row)
-
-    async def node_counts(self, run_ids: Sequence[str]) -> dict[str, dict[str, int]]:
-        """Nodes per status for each run, in one grouped query (for run lists)."""
-        counts: dict[str, dict[str, int]] = {run_id: {} for run_id in run_ids}
-        if not run_ids:
-            return counts
-        c = nodes_table.c
-        stmt = (
-            select(c.run_id, c.status, func.count().label("n"))
-            .where(c.run_id.in_(list(run_ids)))
-            .group_by(c.run_id, c.status)
-        )
-        for row in await self._all(stmt):
-            counts[row["run_id"]][row["status"]] = int(row["n"])
-        return counts
-
-    async def list_artifacts(
-        self, *, run_id: str | None = None, node_id: str | None = None, type: str | None = None
-    ) -> list[ArtifactRecord]:
-        c = artifacts_table.c
-        where: list[ColumnElement[bool]] = []
-        if run_id is not None:
-            where.append(c.run_id == run_id)
-        if node_id is not None:
-            where.append(c.node_id == node_id)
-        if type is not None:
-            where.append(c.type == type)
-        stmt = select(artifacts_table).where(*where).order_by(c.created_at, c.path)
-        return [ArtifactRecord(**row) for row in await self._all(stmt)]
-
-    async def get_artifact(self, artifact_id: str) -> ArtifactRecord | None:
-        stmt = select(artifacts_table).where(artifacts_table.c.id == artifact_id)
-        row = await self._one(stmt)
-        return None if row is None else ArtifactRecord(**row)
-
-    async def list_events(
-        self, run_id: str, *, after_id: int | None = None, limit: int | None = None
-    ) -> list[EventRecord]:
-        """A run's events in id order after a cursor (keyset paging on (run_id, id))."""
-        c = events_table.c
-        stmt = select(events_table).where(c.run_id == run_id)
-        if after_id is not None:
-            stmt = stmt.where(c.id > after_id)
-        stmt = stmt.order_by(c.id)
-        if limit is not None:
-            stmt = stmt.limit(limit)
-        return [EventRecord(**row) for row in await self._all(stmt)]
-
-    async def last_event_id(self, run_id: str) -> int | None:
-        c = events_table.c
-        value = await self._scalar(select(func.max(c.id)).where(c.run_id == run_id))
-        return None if value is None else int(value)
-
-    # ---- plumbing -----------------------------------------------------------------------
-
-    async def _update(self, stmt: Any) -> bool:
-        async with self._connection() as conn:
-            result = await conn.execute(stmt)
-        return bool(result.rowcount)
-
-    async def _one(self, stmt: Any) -> dict[str, Any] | None:
-        async with self._connection() as conn:
-            row = (await conn.execute(stmt)).mappings().first()
-        return None if row is None else dict(row)
-
-    async def _all(self, stmt: Any) -> list[dict[str, Any]]:
-        async with self._connection() as conn:
-            return [dict(row) for row in (await conn.execute(stmt)).mappings()]
-
-    async def _scalar(self, stmt: Any) -> Any:
-        async with self._connection() as conn:
-            return (await conn.execute(stmt)).scalar()
 
 
 def _as_dict(record: ArtifactRecord) -> dict[str, Any]:
