@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from crew.api.errors import ApiError
-from crew.store.reads import Order
+from crew.store.read_sql import Order
 
 T = TypeVar("T")
 

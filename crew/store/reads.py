@@ -15,161 +15,37 @@ total of a finished run is counted once and then topped up with the rows added s
 
 from __future__ import annotations
 
-import json
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from crew.store.database import display_url, parse_url, sqlite_file
-from crew.store.models import artifacts_table, events_table, nodes_table, runs_table
 from crew.store.read_backends import EngineBackend, Query, ReadBackend, SqliteBackend
+from crew.store.read_sql import (
+    ARTIFACT_COLUMNS,
+    EVENT_COLUMNS,
+    NODE_COLUMNS,
+    RUN_COLUMNS,
+    EventFilters,
+    NodeFilters,
+    Order,
+    Page,
+    RunFilters,
+    Where,
+    artifact_record,
+    event_record,
+    like_pattern,
+    node_record,
+    order_sql,
+    run_record,
+)
 from crew.store.records import ArtifactRecord, EventRecord, NodeRecord, RunRecord
 
-R = TypeVar("R")
 TERMINAL_RUN_STATUSES = ("completed", "failed", "canceled", "interrupted")
-
-
-def _columns(table: Any) -> list[str]:
-    return [c.name for c in table.columns]
-
-
-_JSON = {"options", "task_spec", "deps", "spec", "payload"}
-_BOOL = {"cost_unknown"}
-
-
-def _timestamp(value: Any) -> datetime | None:
-    if value is None:
-        return None
-    stamp: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
-    if stamp.tzinfo is None:
-        return stamp.replace(tzinfo=UTC)
-    return stamp.astimezone(UTC)
-
-
-def _decoder(table: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """Turn a raw row (either driver) into record keyword arguments."""
-    stamps = {c.name for c in table.columns if c.type.__class__.__name__ == "UTCDateTime"}
-
-    def decode(row: dict[str, Any]) -> dict[str, Any]:
-        for name in stamps:
-            row[name] = _timestamp(row[name])
-        for name in _JSON & row.keys():
-            value = row[name]
-            if isinstance(value, str | bytes):
-                row[name] = json.loads(value)
-            elif value is None:
-                row[name] = {} if name != "deps" else []
-        for name in _BOOL & row.keys():
-            row[name] = bool(row[name])
-        return row
-
-    return decode
-
-
-_decode_run = _decoder(runs_table)
-_decode_node = _decoder(nodes_table)
-_decode_artifact = _decoder(artifacts_table)
-_decode_event = _decoder(events_table)
-
-
-def _run(row: dict[str, Any]) -> RunRecord:
-    return RunRecord(**_decode_run(row))
-
-
-def _node(row: dict[str, Any]) -> NodeRecord:
-    return NodeRecord(**_decode_node(row))
-
-
-def _artifact(row: dict[str, Any]) -> ArtifactRecord:
-    return ArtifactRecord(**_decode_artifact(row))
-
-
-def _event(row: dict[str, Any]) -> EventRecord:
-    return EventRecord(**_decode_event(row))
-
-
-RUN_COLUMNS = ", ".join(_columns(runs_table))
-NODE_COLUMNS = ", ".join(_columns(nodes_table))
-ARTIFACT_COLUMNS = ", ".join(_columns(artifacts_table))
-EVENT_COLUMNS = ", ".join(_columns(events_table))
-
-NULLABLE_ORDER = {"started_at", "ended_at", "role"}
-
-
-@dataclass(frozen=True, slots=True)
-class Order:
-    """One ORDER BY term; the caller has checked `column` against an allow-list."""
-
-    column: str
-    descending: bool = False
-
-    def sql(self) -> str:
-        direction = " DESC" if self.descending else ""
-        nulls = " NULLS LAST" if self.column in NULLABLE_ORDER else ""
-        return f"{self.column}{direction}{nulls}"
-
-
-def order_sql(orders: Sequence[Order], tie: str = "id") -> str:
-    """ORDER BY with the id as the last key, in the direction of the first, for stable pages."""
-    terms = [o.sql() for o in orders if o.column != tie]
-    descending = orders[0].descending if orders else False
-    terms.append(f"{tie}{' DESC' if descending else ''}")
-    return "ORDER BY " + ", ".join(terms)
-
-
-def like_pattern(value: str) -> str:
-    """A case-insensitive substring pattern with LIKE's wildcards escaped."""
-    escaped = value.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
-@dataclass(slots=True)
-class _Where:
-    clauses: list[str] = field(default_factory=list)
-    params: dict[str, Any] = field(default_factory=dict)
-
-    def add(self, clause: str, **params: Any) -> None:
-        self.clauses.append(clause)
-        self.params.update(params)
-
-    def sql(self) -> str:
-        return ("WHERE " + " AND ".join(self.clauses)) if self.clauses else ""
-
-
-@dataclass(frozen=True, slots=True)
-class RunFilters:
-    status: str | None = None
-    title_contains: str | None = None
-    started_from: datetime | None = None
-    started_to: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class NodeFilters:
-    status: str | None = None
-    key: str | None = None
-    role: str | None = None
-    title_contains: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class EventFilters:
-    type: str | None = None
-    level: str | None = None
-    node_key: str | None = None
-    q: str | None = None
-    ts_from: datetime | None = None
-    ts_to: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Page(Generic[R]):
-    items: list[R]
-    total: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +94,7 @@ class ReadStore:
         self, filters: RunFilters, orders: Sequence[Order], limit: int, offset: int
     ) -> tuple[Page[RunRecord], dict[str, dict[str, int]]]:
         """A page of runs, its total, and node counts per status for the runs on it."""
-        where = _Where()
+        where = Where()
         if filters.status is not None:
             where.add("status = :status", status=filters.status)
         if filters.title_contains:
@@ -237,7 +113,7 @@ class ReadStore:
         ids_sql = page_sql.replace(f"SELECT {RUN_COLUMNS}", "SELECT id", 1)
         runs, count, counts = await self._backend.batch(
             [
-                (page_sql, params, _run),
+                (page_sql, params, run_record),
                 (f"SELECT count(*) AS n FROM runs {where.sql()}", where.params),
                 (
                     "SELECT run_id, status, count(*) AS n FROM nodes WHERE run_id IN "
@@ -252,14 +128,14 @@ class ReadStore:
         return Page(runs, int(count[0]["n"])), per_run
 
     async def get_run(self, run_id: str) -> RunRecord | None:
-        rows = (await self._backend.batch([(_RUN_BY_ID, {"id": run_id}, _run)]))[0]
+        rows = (await self._backend.batch([(_RUN_BY_ID, {"id": run_id}, run_record)]))[0]
         return rows[0] if rows else None
 
     async def run_detail(self, run_id: str) -> RunDetail | None:
         """The run with its node counts per status and artifact and event totals."""
         run_rows, nodes, artifacts = await self._backend.batch(
             [
-                (_RUN_BY_ID, {"id": run_id}, _run),
+                (_RUN_BY_ID, {"id": run_id}, run_record),
                 (
                     "SELECT status, count(*) AS n FROM nodes WHERE run_id = :id GROUP BY status",
                     {"id": run_id},
@@ -293,7 +169,7 @@ class ReadStore:
         offset: int,
     ) -> Page[NodeRecord] | None:
         """A page of a run's nodes; None when the run does not exist."""
-        where = _Where()
+        where = Where()
         where.add("run_id = :run_id", run_id=run_id)
         for name in ("status", "key", "role"):
             value = getattr(filters, name)
@@ -311,7 +187,7 @@ class ReadStore:
                     f"SELECT {NODE_COLUMNS} FROM nodes {where.sql()} {order_sql(orders)} "
                     "LIMIT :limit OFFSET :offset",
                     {**where.params, "limit": limit, "offset": offset},
-                    _node,
+                    node_record,
                 ),
                 (f"SELECT count(*) AS n FROM nodes {where.sql()}", where.params),
             ]
@@ -322,7 +198,7 @@ class ReadStore:
 
     async def get_node(self, node_id: str) -> NodeRecord | None:
         sql = f"SELECT {NODE_COLUMNS} FROM nodes WHERE id = :id"
-        rows = (await self._backend.batch([(sql, {"id": node_id}, _node)]))[0]
+        rows = (await self._backend.batch([(sql, {"id": node_id}, node_record)]))[0]
         return rows[0] if rows else None
 
     async def list_artifacts(
@@ -336,7 +212,7 @@ class ReadStore:
         offset: int = 0,
     ) -> Page[ArtifactRecord] | None:
         """A page of a run's or a node's artifacts; None when that run or node does not exist."""
-        where = _Where()
+        where = Where()
         if run_id is not None:
             where.add("run_id = :run_id", run_id=run_id)
             owner: Query = (_STATUS, {"id": run_id})
@@ -353,7 +229,7 @@ class ReadStore:
                     f"SELECT {ARTIFACT_COLUMNS} FROM artifacts {where.sql()} {order_sql(orders)} "
                     "LIMIT :limit OFFSET :offset",
                     {**where.params, "limit": limit, "offset": offset},
-                    _artifact,
+                    artifact_record,
                 ),
                 (f"SELECT count(*) AS n FROM artifacts {where.sql()}", where.params),
             ]
@@ -364,13 +240,13 @@ class ReadStore:
 
     async def get_artifact(self, artifact_id: str) -> ArtifactRecord | None:
         sql = f"SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE id = :id"
-        rows = (await self._backend.batch([(sql, {"id": artifact_id}, _artifact)]))[0]
+        rows = (await self._backend.batch([(sql, {"id": artifact_id}, artifact_record)]))[0]
         return rows[0] if rows else None
 
     # ---- events ---------------------------------------------------------------------
 
-    def _event_where(self, run_id: str, filters: EventFilters) -> _Where:
-        where = _Where()
+    def _event_where(self, run_id: str, filters: EventFilters) -> Where:
+        where = Where()
         where.add("run_id = :run_id", run_id=run_id)
         for name in ("type", "level", "node_key"):
             value = getattr(filters, name)
@@ -397,7 +273,7 @@ class ReadStore:
     ) -> tuple[str | None, Page[EventRecord]]:
         """(the run's status or None if no such run, a page of its events by id)."""
         where = self._event_where(run_id, filters)
-        count_where = _Where(list(where.clauses), dict(where.params))
+        count_where = Where(list(where.clauses), dict(where.params))
         if after_id is not None:
             where.add("id > :after_id", after_id=after_id)
         direction = " DESC" if descending else ""
@@ -408,7 +284,7 @@ class ReadStore:
                     f"SELECT {EVENT_COLUMNS} FROM events {where.sql()} ORDER BY id{direction} "
                     "LIMIT :limit OFFSET :offset",
                     {**where.params, "limit": limit, "offset": offset},
-                    _event,
+                    event_record,
                 ),
             ]
         )
@@ -427,7 +303,7 @@ class ReadStore:
         return status, Page(rows, total)
 
     async def _event_total(
-        self, run_id: str, filters: EventFilters, status: str, where: _Where | None = None
+        self, run_id: str, filters: EventFilters, status: str, where: Where | None = None
     ) -> int:
         """Count a run's matching events; a finished run's count is cached and topped up.
 
@@ -441,7 +317,7 @@ class ReadStore:
             cached = self._event_totals.get(key)
         if cached is not None:
             top, known = cached
-            extra = _Where(list(where.clauses), dict(where.params))
+            extra = Where(list(where.clauses), dict(where.params))
             extra.add("id > :top", top=top)
             added, latest = await self._backend.batch(
                 [

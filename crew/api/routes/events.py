@@ -28,7 +28,7 @@ from crew.api.state import api_state, read_store
 from crew.domain.events import TERMINAL_RUN_EVENTS, EventLevel, EventType
 from crew.domain.status import TERMINAL_RUN_STATUSES
 from crew.engine.views import jsonable
-from crew.store.reads import EventFilters
+from crew.store.read_sql import EventFilters
 
 EVENT_TYPES = tuple(t.value for t in EventType)
 EVENT_LEVELS = tuple(level.value for level in EventLevel)

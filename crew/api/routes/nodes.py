@@ -11,7 +11,7 @@ from crew.api.spec import Reply, endpoint, limit_offset, order_by, path_id, repl
 from crew.api.state import read_store
 from crew.domain.status import NodeStatus
 from crew.engine.views import jsonable
-from crew.store.reads import NodeFilters
+from crew.store.read_sql import NodeFilters
 
 NODE_ORDER = ("position", "key", "status", "title", "role", "started_at", "ended_at")
 NODE_STATUSES = tuple(s.value for s in NodeStatus)

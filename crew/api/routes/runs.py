@@ -24,7 +24,8 @@ from crew.api.spec import (
 from crew.api.state import api_state, read_store
 from crew.domain.status import RunStatus
 from crew.engine.views import jsonable, run_cost, run_list_item
-from crew.store.reads import RunDetail, RunFilters
+from crew.store.read_sql import RunFilters
+from crew.store.reads import RunDetail
 
 RUN_ORDER = ("created_at", "started_at", "ended_at", "title", "status")
 RUN_STATUSES = tuple(s.value for s in RunStatus)
