@@ -52,6 +52,11 @@ class ApiError(Exception):
         return cls(400, detail, code="invalid_request", errors=errors or [detail])
 
     @classmethod
+    def missing(cls, kind: str, identifier: str) -> ApiError:
+        """404 for an id that names no row: `kind` is `run`, `node`, `artifact`..."""
+        return cls(404, f"no {kind} with id {identifier!r}", code="not_found")
+
+    @classmethod
     def from_crew(cls, error: CrewError) -> ApiError:
         status = error.http_status if error.http_status in STATUS_CODES else 500
         if status >= 500 and status != 503:

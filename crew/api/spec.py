@@ -131,3 +131,15 @@ def replies(ok: dict[int, Reply], *codes: int) -> dict[int, Reply]:
     for code in codes:
         result[code] = ERRORS[code] if code in ERRORS else Reply(f"Error {code}.", "Error")
     return result
+
+
+def item_replies(description: str, schema: str) -> dict[int, Reply]:
+    """The replies of one row named by the path: the row, or 404 when there is none."""
+    return replies({200: Reply(description, schema)}, 400, 401, 404, 503)
+
+
+def page_replies(what: str, schema: str, *, owned: bool = True) -> dict[int, Reply]:
+    """The replies of a paged list of `what` (schema `schema`): the page with its
+    X-Total-Count and Link headers, and 404 when the list belongs to a missing `owned` row."""
+    page = Reply(f"A page of {what}.", schema, headers=("X-Total-Count", "Link"))
+    return replies({200: page}, 400, 401, *((404,) if owned else ()), 503)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+from crew.api.errors import ApiError
 from crew.api.params import Fragments
 from crew.api.ratelimit import TokenBuckets
 from crew.api.runner import RunManager
@@ -131,3 +133,22 @@ async def read_store(request: Any, *, sweep: bool = False) -> ReadStore:
         await state.sweep_stale_runs()
     assert state.reads is not None
     return state.reads
+
+
+T = TypeVar("T")
+
+
+async def found(
+    request: Any,
+    kind: str,
+    fetch: Callable[[ReadStore, str], Awaitable[T | None]],
+    *,
+    sweep: bool = False,
+) -> T:
+    """What `fetch` reads for the id in the path's `<kind>_id`; 404 when it finds nothing."""
+    reads = await read_store(request, sweep=sweep)
+    identifier = request.path_params[f"{kind}_id"]
+    row = await fetch(reads, identifier)
+    if row is None:
+        raise ApiError.missing(kind, identifier)
+    return row

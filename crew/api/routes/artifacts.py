@@ -11,9 +11,20 @@ from starlette.responses import FileResponse, Response
 
 from crew.api.errors import ApiError
 from crew.api.params import Query, localize, page_response, render, tz_of
-from crew.api.spec import Reply, endpoint, limit_offset, order_by, path_id, replies, text_param
-from crew.api.state import api_state, read_store
+from crew.api.spec import (
+    Reply,
+    endpoint,
+    item_replies,
+    limit_offset,
+    order_by,
+    page_replies,
+    path_id,
+    replies,
+    text_param,
+)
+from crew.api.state import api_state, found, read_store
 from crew.engine.views import jsonable
+from crew.store.reads import ReadStore
 from crew.store.records import ArtifactRecord
 
 ARTIFACT_ORDER = ("created_at", "type", "path", "size")
@@ -37,13 +48,7 @@ LIST_PARAMS = [
     order_by(ARTIFACT_ORDER, "created_at"),
     *limit_offset(),
 ]
-LIST_REPLIES = replies(
-    {200: Reply("A page of artifacts.", "ArtifactPage", headers=("X-Total-Count", "Link"))},
-    400,
-    401,
-    404,
-    503,
-)
+LIST_REPLIES = page_replies("artifacts", "ArtifactPage")
 
 
 async def _list(request: Request, **owner: str) -> Response:
@@ -58,7 +63,7 @@ async def _list(request: Request, **owner: str) -> Response:
     )
     if page is None:
         what, value = next(iter(owner.items()))
-        raise ApiError(404, f"no {what.removesuffix('_id')} with id {value!r}", code="not_found")
+        raise ApiError.missing(what.removesuffix("_id"), value)
     zone = tz_of(request)
     items = [artifact_view(a, zone) for a in page.items]
     return page_response(request, items, page.total, limit, offset)
@@ -90,12 +95,7 @@ async def list_node_artifacts(request: Request) -> Response:
 
 async def _artifact(request: Request) -> ArtifactRecord:
     Query(request, ()).check()
-    reads = await read_store(request)
-    artifact_id = request.path_params["artifact_id"]
-    artifact = await reads.get_artifact(artifact_id)
-    if artifact is None:
-        raise ApiError(404, f"no artifact with id {artifact_id!r}", code="not_found")
-    return artifact
+    return await found(request, "artifact", ReadStore.get_artifact)
 
 
 @endpoint(
@@ -104,7 +104,7 @@ async def _artifact(request: Request) -> ArtifactRecord:
     summary="Show an artifact with a preview",
     tag="artifacts",
     params=[path_id("artifact_id", "artifact")],
-    responses=replies({200: Reply("The artifact.", "ArtifactDetail")}, 400, 401, 404, 503),
+    responses=item_replies("The artifact.", "ArtifactDetail"),
 )
 async def get_artifact(request: Request) -> Response:
     artifact = await _artifact(request)

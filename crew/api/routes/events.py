@@ -19,6 +19,7 @@ from crew.api.spec import (
     endpoint,
     limit_offset,
     order_by,
+    page_replies,
     path_id,
     replies,
     text_param,
@@ -64,13 +65,7 @@ FILTER_NAMES = (
     "limit",
     "offset",
 )
-PAGE_REPLIES = replies(
-    {200: Reply("A page of events.", "EventPage", headers=("X-Total-Count", "Link"))},
-    400,
-    401,
-    404,
-    503,
-)
+PAGE_REPLIES = page_replies("events", "EventPage")
 
 
 def event_view(event: Any, zone: Any) -> dict[str, Any]:
@@ -99,7 +94,7 @@ async def _events(request: Request, run_id: str | None, q: Query) -> Response:
         run_id, filters, after_id=after_id, limit=limit, offset=offset, descending=descending
     )
     if status is None:
-        raise ApiError(404, f"no run with id {run_id!r}", code="not_found")
+        raise ApiError.missing("run", run_id)
     zone = tz_of(request)
     cache = api_state(request).fragments
     zone_key = str(zone)
@@ -196,7 +191,7 @@ async def stream_events(request: Request) -> Response:
     assert run_id is not None
     reads = await read_store(request, sweep=True)
     if await reads.run_status(run_id) is None:
-        raise ApiError(404, f"no run with id {run_id!r}", code="not_found")
+        raise ApiError.missing("run", run_id)
     stream = _follow(request, run_id, after_id or 0)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(stream, media_type="text/event-stream", headers=headers)

@@ -5,13 +5,21 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from crew.api.errors import ApiError
 from crew.api.params import Query, localize, page_response, render, tz_of
-from crew.api.spec import Reply, endpoint, limit_offset, order_by, path_id, replies, text_param
-from crew.api.state import read_store
+from crew.api.spec import (
+    endpoint,
+    item_replies,
+    limit_offset,
+    order_by,
+    page_replies,
+    path_id,
+    text_param,
+)
+from crew.api.state import found
 from crew.domain.status import NodeStatus
 from crew.engine.views import jsonable
 from crew.store.read_sql import NodeFilters
+from crew.store.reads import ReadStore
 
 NODE_ORDER = ("position", "key", "status", "title", "role", "started_at", "ended_at")
 NODE_STATUSES = tuple(s.value for s in NodeStatus)
@@ -31,13 +39,7 @@ NODE_STATUSES = tuple(s.value for s in NodeStatus)
         order_by(NODE_ORDER, "position"),
         *limit_offset(),
     ],
-    responses=replies(
-        {200: Reply("A page of nodes.", "NodePage", headers=("X-Total-Count", "Link"))},
-        400,
-        401,
-        404,
-        503,
-    ),
+    responses=page_replies("nodes", "NodePage"),
 )
 async def list_nodes(request: Request) -> Response:
     q = Query(request, ("status", "key", "role", "title_contains", "order_by", "limit", "offset"))
@@ -50,11 +52,9 @@ async def list_nodes(request: Request) -> Response:
     orders = q.order(NODE_ORDER, "position")
     limit, offset = q.page()
     q.check()
-    reads = await read_store(request)
-    run_id = request.path_params["run_id"]
-    page = await reads.list_nodes(run_id, filters, orders, limit, offset)
-    if page is None:
-        raise ApiError(404, f"no run with id {run_id!r}", code="not_found")
+    page = await found(
+        request, "run", lambda reads, run: reads.list_nodes(run, filters, orders, limit, offset)
+    )
     zone = tz_of(request)
     items = [jsonable(localize(n, zone)) for n in page.items]
     return page_response(request, items, page.total, limit, offset)
@@ -66,13 +66,9 @@ async def list_nodes(request: Request) -> Response:
     summary="Show a node",
     tag="nodes",
     params=[path_id("node_id", "node")],
-    responses=replies({200: Reply("The node.", "Node")}, 400, 401, 404, 503),
+    responses=item_replies("The node.", "Node"),
 )
 async def get_node(request: Request) -> Response:
     Query(request, ()).check()
-    reads = await read_store(request)
-    node_id = request.path_params["node_id"]
-    node = await reads.get_node(node_id)
-    if node is None:
-        raise ApiError(404, f"no node with id {node_id!r}", code="not_found")
+    node = await found(request, "node", ReadStore.get_node)
     return render(jsonable(localize(node, tz_of(request))))

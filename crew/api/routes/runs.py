@@ -14,18 +14,20 @@ from crew.api.spec import (
     Param,
     Reply,
     endpoint,
+    item_replies,
     limit_offset,
     order_by,
+    page_replies,
     path_id,
     replies,
     text_param,
     time_param,
 )
-from crew.api.state import api_state, read_store
+from crew.api.state import api_state, found, read_store
 from crew.domain.status import RunStatus
 from crew.engine.views import jsonable, run_cost, run_list_item
 from crew.store.read_sql import RunFilters
-from crew.store.reads import RunDetail
+from crew.store.reads import ReadStore, RunDetail
 
 RUN_ORDER = ("created_at", "started_at", "ended_at", "title", "status")
 RUN_STATUSES = tuple(s.value for s in RunStatus)
@@ -45,9 +47,7 @@ RESUMABLE = {RunStatus.FAILED.value, RunStatus.INTERRUPTED.value, RunStatus.CANC
         order_by(RUN_ORDER, "-created_at"),
         *limit_offset(),
     ],
-    responses=replies(
-        {200: Reply("A page of runs.", "RunPage", headers=("X-Total-Count", "Link"))}, 400, 401, 503
-    ),
+    responses=page_replies("runs", "RunPage", owned=False),
 )
 async def list_runs(request: Request) -> Response:
     q = Query(
@@ -102,12 +102,7 @@ def run_view(detail: RunDetail, zone: Any) -> dict[str, Any]:
 
 
 async def _detail(request: Request) -> RunDetail:
-    reads = await read_store(request, sweep=True)
-    run_id = request.path_params["run_id"]
-    detail = await reads.run_detail(run_id)
-    if detail is None:
-        raise ApiError(404, f"no run with id {run_id!r}", code="not_found")
-    return detail
+    return await found(request, "run", ReadStore.run_detail, sweep=True)
 
 
 @endpoint(
@@ -116,7 +111,7 @@ async def _detail(request: Request) -> RunDetail:
     summary="Show a run with its summary and totals",
     tag="runs",
     params=[path_id("run_id", "run")],
-    responses=replies({200: Reply("The run.", "Run")}, 400, 401, 404, 503),
+    responses=item_replies("The run.", "Run"),
 )
 async def get_run(request: Request) -> Response:
     Query(request, ()).check()
@@ -129,7 +124,7 @@ async def get_run(request: Request) -> Response:
     summary="A run's summary (as in summary.json)",
     tag="runs",
     params=[path_id("run_id", "run")],
-    responses=replies({200: Reply("The summary.", "RunSummary")}, 400, 401, 404, 503),
+    responses=item_replies("The summary.", "RunSummary"),
 )
 async def get_summary(request: Request) -> Response:
     Query(request, ()).check()
@@ -176,11 +171,8 @@ async def cancel_run(request: Request) -> Response:
 async def resume_run(request: Request) -> Response:
     Query(request, ()).check()
     state = api_state(request)
-    reads = await read_store(request, sweep=True)
+    status = await found(request, "run", ReadStore.run_status, sweep=True)
     run_id = request.path_params["run_id"]
-    status = await reads.run_status(run_id)
-    if status is None:
-        raise ApiError(404, f"no run with id {run_id!r}", code="not_found")
     assert state.runs is not None
     if status not in RESUMABLE or state.runs.is_active(run_id):
         raise ApiError(
