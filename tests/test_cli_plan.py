@@ -185,3 +185,16 @@ def test_cli_import_does_not_load_heavy_libraries(isolated: Path) -> None:
     )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--title", "  "], "--title"),
+        (["--title", "X", "--acceptance", "ok", "--acceptance", ""], "--acceptance"),
+    ],
+)
+def test_blank_goal_options_exit_2(isolated: Path, args: list[str], named: str) -> None:
+    result = invoke("plan", *args)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error:") and named in result.stderr

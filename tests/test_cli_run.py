@@ -184,6 +184,9 @@ def test_invalid_plan_after_earlier_runs_adds_no_row(tmp_path: Path, store: Stor
         ["--resume", "x", "--dry-run"],
         ["--task-file", "plan.json", "--override", "a"],
         ["--task-file", "plan.json", "--executor-provider", "nowhere"],
+        ["--use-supervisor", "--title", ""],
+        ["--use-supervisor", "--title", "   "],
+        ["--use-supervisor", "--acceptance", " "],
     ],
 )
 def test_bad_usage_exits_2(tmp_path: Path, args: list[str]) -> None:

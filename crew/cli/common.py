@@ -14,11 +14,14 @@ import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import typer
 
-from crew.domain.errors import CrewError, InterruptedRunError
+from crew.domain.errors import CrewError, InterruptedRunError, InvalidInputError
+
+if TYPE_CHECKING:
+    from crew.agents.goal import Goal
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -51,6 +54,26 @@ def load_cli_settings(ctx: typer.Context, overrides: Mapping[str, Any] | None = 
     settings = load_settings(env_file=current.env_file, overrides=overrides)
     configure_logging(settings, verbose=current.verbose)
     return settings
+
+
+def goal_from_options(title: str, description: str | None, acceptance: list[str] | None) -> Goal:
+    """The goal given with --title, --description and --acceptance.
+
+    A blank title or criterion is refused rather than dropped: it is usually an empty
+    shell variable, and planning for nothing would hide that.
+    """
+    from crew.agents.goal import Goal
+
+    if not title.strip():
+        raise InvalidInputError("--title must not be empty")
+    criteria = [criterion.strip() for criterion in acceptance or ()]
+    if not all(criteria):
+        raise InvalidInputError("--acceptance must not be empty")
+    return Goal(
+        title=title.strip(),
+        description=description.strip() if description and description.strip() else None,
+        acceptance=tuple(criteria),
+    )
 
 
 def err_console_print(message: str) -> None:

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from crew.cli.common import err_console_print, handle_errors, load_cli_settings, use_color
+from crew.cli.common import (
+    err_console_print,
+    goal_from_options,
+    handle_errors,
+    load_cli_settings,
+    use_color,
+)
 from crew.domain.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -81,21 +87,13 @@ def plan_command(
             "CREW_LANGUAGE": language,
         },
     )
-    if not title.strip():
-        raise InvalidInputError("--title must not be empty")
+    goal = goal_from_options(title, description, acceptance)
     if as_json and fmt not in (None, PlanFormat.JSON):
         raise InvalidInputError(f"--json conflicts with --format {fmt}")
     chosen = PlanFormat.JSON if as_json else (fmt or PlanFormat.TABLE)
 
     import asyncio
 
-    from crew.agents.supervisor import Goal
-
-    goal = Goal(
-        title=title.strip(),
-        description=description.strip() if description and description.strip() else None,
-        acceptance=tuple(a.strip() for a in acceptance or () if a.strip()),
-    )
     result = asyncio.run(_plan(settings, goal))
     call = result.calls[-1]
     err_console_print(

@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from crew.cli.common import handle_errors, load_cli_settings, run_async, use_color
+from crew.cli.common import (
+    goal_from_options,
+    handle_errors,
+    load_cli_settings,
+    run_async,
+    use_color,
+)
 from crew.domain.errors import BudgetExceededError, InvalidInputError, UnavailableError
 from crew.domain.providers import PROVIDER_NAMES
 
@@ -160,6 +166,7 @@ def run_command(
         raise InvalidInputError("--run-id and --dry-run apply to new runs, not to --resume")
     if override and resume is None:
         raise InvalidInputError("--override KEY only applies with --resume RUN_ID")
+    goal = goal_from_options(title, description, acceptance) if use_supervisor else None
     if run_id is not None:  # before anything is planned, opened or written
         from crew.engine.service import check_run_id
 
@@ -213,9 +220,6 @@ def run_command(
         init_sentry(settings, component="run")
         observers.append(RunReporter(settings))
 
-    from crew.agents.goal import Goal
-
-    goal = Goal(title=title, description=description, acceptance=tuple(acceptance or ()))
     view = _Progress(quiet=quiet or False, json_output=json_output)
 
     async def main() -> dict[str, Any]:
@@ -247,6 +251,7 @@ def run_command(
                 supervisor = None
                 the_plan = plan
                 if the_plan is None:
+                    assert goal is not None  # no plan file and no resume: --use-supervisor
                     from crew.agents.supervisor import Supervisor
                     from crew.engine.budget import RunBudget
 
