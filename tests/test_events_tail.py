@@ -160,3 +160,22 @@ def test_follows_a_run_executed_by_another_process(tmp_path: Path) -> None:
     events = lines(result)
     assert events[0]["type"] == "RUN_STARTED" and events[-1]["type"] == "RUN_COMPLETED"
     assert [e["id"] for e in events] == [e.id for e in store.events("far")]
+
+
+def test_a_reader_that_stops_early_ends_the_tail_quietly(tmp_path: Path) -> None:
+    """`crew events tail ID | head -1`: no error message, the status of SIGPIPE."""
+    start_run(tmp_path, "long", plan_dict(*(n(f"n{i}") for i in range(120))))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "crew", "events", "tail", "long", "--json", "--no-follow"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    first = json.loads(process.stdout.readline())
+    assert first["type"] == "RUN_STARTED"
+    process.stdout.close()  # ~600 events of JSON: far more than a pipe buffers
+    with process.stderr:
+        stderr = process.stderr.read().decode()
+    assert process.wait(timeout=30) == 141, stderr
+    assert stderr == ""

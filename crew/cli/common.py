@@ -23,6 +23,9 @@ from crew.domain.errors import CrewError, InterruptedRunError, InvalidInputError
 if TYPE_CHECKING:
     from crew.agents.goal import Goal
 
+EXIT_BROKEN_PIPE = 141
+"""128 + SIGPIPE: what a shell reports for a writer whose pipe's reader exited."""
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -101,6 +104,13 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
         except KeyboardInterrupt:
             err_console_print("interrupted")
             raise typer.Exit(130) from None
+        except BrokenPipeError:
+            # The reader of stdout went away (`crew events tail ID | head`): stop quietly,
+            # with the status a process killed by SIGPIPE has. Later writes (the flush at
+            # exit) go nowhere instead of raising again.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(EXIT_BROKEN_PIPE) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except Exception as error:  # a bug: say so plainly, keep the traceback for -v
