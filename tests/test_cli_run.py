@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -314,3 +316,19 @@ def test_changed_executor_model_on_resume_reruns_nodes(
     assert data["status"] == "completed"
     assert sorted(calls_by_node(fixed)) == ["a", "b", "c", "d"]
     assert {r.model for r in fixed.requests} == {"other-model"}
+
+
+def test_progress_whose_reader_went_away_does_not_stop_the_run(
+    tmp_path: Path, store: Store
+) -> None:
+    """`crew run ... 2>&1 | head -1`: progress stops, the run completes, stdout still works."""
+    plan = write_plan(tmp_path, plan_dict(*(n(f"n{i}") for i in range(120))))
+    command = [sys.executable, "-m", "crew", "run", "--task-file", plan, "--run-id", "piped"]
+    with (tmp_path / "out.txt").open("wb") as out:
+        process = subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=subprocess.PIPE)
+        assert process.stderr is not None
+        assert b"RUN_STARTED" in process.stderr.readline()
+        process.stderr.close()  # ~600 progress lines: far more than a pipe buffers
+        assert process.wait(timeout=60) == 0
+    assert store.run("piped").status == "completed"
+    assert "run piped completed: 120/120 nodes completed" in (tmp_path / "out.txt").read_text()

@@ -31,6 +31,7 @@ from test_engine_support import (
 
 from crew.agents.prompts import render
 from crew.domain.errors import ConflictError, InvalidInputError
+from crew.engine.journal import EngineEvent
 from crew.engine.lifecycle import HEARTBEAT_STALE_S
 from crew.engine.service import execute_run, interrupt_stale_runs, request_cancel
 from crew.llm.base import LLMRequest
@@ -436,6 +437,33 @@ async def test_event_order_ids_and_payloads(tmp_path: Path, db_url: str) -> None
         assert position[("NODE_COMPLETED", parent)] < position[("NODE_STARTED", child)]
     plan_event = events[1].payload
     assert [node["key"] for node in plan_event["nodes"]] == ["m", "a", "b", "s"]
+
+
+async def test_a_failing_listener_is_dropped_and_the_run_goes_on(
+    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[str] = []
+    told: list[str] = []
+
+    def breaks_on_the_second_event(event: EngineEvent) -> None:
+        seen.append(event.type.value)
+        if len(seen) == 2:
+            raise OSError("the terminal went away")
+
+    async with harness(tmp_path, sqlite_url) as h:
+        run_id = await h.create(plan_dict(n("a"), n("b", "a"), n("c")))
+        outcome = await execute_run(
+            h.repo,
+            h.settings,
+            h.client,
+            run_id,
+            listeners=[breaks_on_the_second_event, lambda event: told.append(event.type.value)],
+        )
+        events = await h.events(run_id)
+    assert outcome.status == "completed"
+    assert len(seen) == 2  # told nothing after it failed
+    assert told == [e.type for e in events]  # the other listener heard every event
+    assert "an event listener of run" in caplog.text and "the terminal went away" in caplog.text
 
 
 async def test_dry_run_stores_the_run_and_calls_nothing(tmp_path: Path, sqlite_url: str) -> None:

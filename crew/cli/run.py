@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -337,10 +338,26 @@ class _Progress:
         self.live: Any = None
         self.tty = sys.stderr.isatty() and use_color(sys.stderr)
         self.preview_data: dict[str, Any] | None = None
+        self.stderr_closed = False
 
     def say(self, message: str) -> None:
         if not self.quiet:
-            print(message, file=sys.stderr, flush=True)
+            self._progress_line(message)
+
+    def _progress_line(self, text: str) -> None:
+        """Write progress to stderr; once its reader has gone, stop writing progress.
+
+        The run itself goes on (`crew run ... 2>&1 | head` must not leave it half done);
+        only stdout's JSON or summary still counts, and the exit code says how it went.
+        """
+        if self.quiet or self.stderr_closed:
+            return
+        try:
+            print(text, file=sys.stderr, flush=True)
+        except BrokenPipeError:
+            self.stderr_closed = True
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stderr.fileno())  # the flush at exit must not fail again
 
     def start(self, title: str) -> None:
         if self.quiet or not self.tty:
@@ -359,7 +376,7 @@ class _Progress:
     def _print_event(self, event: EngineEvent) -> None:
         from crew.cli.event_lines import event_line
 
-        print(
+        self._progress_line(
             event_line(
                 event_id=event.id,
                 timestamp=event.timestamp,
@@ -367,9 +384,7 @@ class _Progress:
                 level=event.level.value,
                 message=event.message,
                 node_key=event.node_key,
-            ),
-            file=sys.stderr,
-            flush=True,
+            )
         )
 
     def preview(
@@ -387,7 +402,7 @@ class _Progress:
                 f"{node['provider']}/{node['model'] or 'default'}  {node['title']}"
             )
         lines.append(f"  LLM calls that would be made: {self.preview_data['llm_calls']}")
-        print("\n".join(lines), file=sys.stderr, flush=True)
+        self._progress_line("\n".join(lines))
 
     def stop(self) -> None:
         if self.live is not None:

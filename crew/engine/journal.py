@@ -9,6 +9,7 @@ are told only after the commit.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -17,6 +18,8 @@ from typing import Any
 from crew.domain.events import EventLevel, EventType
 from crew.engine.write_queue import WriteQueue
 from crew.store.records import NewEvent
+
+log = logging.getLogger("crew.engine")
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,5 +126,13 @@ class Journal:
             for event, event_id in zip(events, ids, strict=True):
                 committed_event = replace(event, id=event_id)
                 for listener in self.listeners:
-                    listener(committed_event)
+                    try:
+                        listener(committed_event)
+                    except Exception:
+                        self._drop(listener)
         return result
+
+    def _drop(self, listener: EventListener) -> None:
+        """A listener only watches the run: when it breaks, the run goes on without it."""
+        log.exception("an event listener of run %s failed; it is told nothing more", self.run_id)
+        self.listeners = [kept for kept in self.listeners if kept is not listener]
