@@ -79,6 +79,16 @@ def goal_from_options(title: str, description: str | None, acceptance: list[str]
     )
 
 
+def discard_output(stream: Any) -> None:
+    """Point a stream whose pipe's reader has gone at /dev/null, so that later writes and
+    the flush at exit go nowhere instead of raising BrokenPipeError again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, stream.fileno())
+    finally:
+        os.close(devnull)
+
+
 def err_console_print(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -106,10 +116,8 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             raise typer.Exit(130) from None
         except BrokenPipeError:
             # The reader of stdout went away (`crew events tail ID | head`): stop quietly,
-            # with the status a process killed by SIGPIPE has. Later writes (the flush at
-            # exit) go nowhere instead of raising again.
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
+            # with the status a process killed by SIGPIPE has.
+            discard_output(sys.stdout)
             raise typer.Exit(EXIT_BROKEN_PIPE) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -10,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from crew.cli.common import (
+    discard_output,
     goal_from_options,
     handle_errors,
     load_cli_settings,
@@ -356,8 +356,7 @@ class _Progress:
             print(text, file=sys.stderr, flush=True)
         except BrokenPipeError:
             self.stderr_closed = True
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stderr.fileno())  # the flush at exit must not fail again
+            discard_output(sys.stderr)
 
     def start(self, title: str) -> None:
         if self.quiet or not self.tty:
