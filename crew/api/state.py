@@ -3,6 +3,10 @@
 The database is opened in the app's lifespan. If it cannot be reached at startup the
 server still starts (so `/health` can say so with a 503) and every request that needs
 it retries the schema check, at most every few seconds, until it answers.
+
+A SQLite file deleted or replaced under the running server is noticed by the same check
+(crew.store.file_guard): from then on `/health` and every request that uses the
+database answer 503, and the error is logged once, naming the file.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from crew.api.runner import RunManager
 from crew.domain.errors import DatabaseUnavailableError
 from crew.observability.hooks import Hooks
 from crew.settings import Settings
+from crew.store.file_guard import DatabaseFileGoneError, SqliteFileGuard, guard_for
 from crew.store.reads import ReadStore
 from crew.store.repository import Repository
 
@@ -50,12 +55,15 @@ class ApiState:
     loop: asyncio.AbstractEventLoop | None = None
     fragments: Fragments = field(default_factory=Fragments)
     hooks: Hooks = field(default_factory=Hooks)
+    db_file: SqliteFileGuard | None = None
+    db_file_reported: bool = False
 
     async def open(self) -> None:
         from crew.store.database import create_engine
 
         self.loop = asyncio.get_running_loop()
         engine = create_engine(self.settings.database_url)
+        self.db_file = guard_for(self.settings.database_url)
         self.repo = Repository(engine)
         self.reads = ReadStore.open(self.settings.database_url, engine)
         registry = self.registry_factory(self.settings) if self.registry_factory else None
@@ -76,6 +84,8 @@ class ApiState:
             await self.reads.close()
         if self.repo is not None:
             await self.repo.engine.dispose()
+        if self.db_file is not None:
+            self.db_file.close()
 
     def begin_shutdown(self) -> None:
         """SIGTERM: stop the runs now (they end `interrupted`) and let streams close."""
@@ -90,8 +100,10 @@ class ApiState:
             loop.call_soon_threadsafe(self.begin_shutdown)
 
     async def ready(self) -> None:
-        """Make sure the schema is there; raises DatabaseUnavailableError (503) if not."""
+        """Make sure the schema is there and the SQLite file is still the one opened;
+        raises DatabaseUnavailableError (503) if not."""
         if self.schema_ok:
+            self.check_db_file()
             return
         now = time.monotonic()
         if now - self._schema_checked_at < SCHEMA_RETRY_S and self._schema_checked_at:
@@ -101,7 +113,29 @@ class ApiState:
 
         assert self.repo is not None
         await ensure_schema(self.repo.engine)
+        if self.db_file is not None:
+            self.db_file.watch()
         self.schema_ok = True
+
+    def check_db_file(self) -> None:
+        """DatabaseFileGoneError once the SQLite file was deleted or replaced; the first
+        time, an error naming the file is logged."""
+        if self.db_file is None:
+            return
+        try:
+            self.db_file.check()
+        except DatabaseFileGoneError:
+            if not self.db_file_reported:
+                self.db_file_reported = True
+                log.error(
+                    "the SQLite database %s %s while the server was running: every request "
+                    "that uses the database now answers 503, and runs executing in this "
+                    "server write to the old file, which is lost when it stops; restore the "
+                    "file or restart the server",
+                    self.db_file.path,
+                    self.db_file.problem() or "changed",
+                )
+            raise
 
     async def sweep_stale_runs(self) -> None:
         """Mark runs whose process died as `interrupted` (cheap: at most every few seconds)."""

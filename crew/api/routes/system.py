@@ -11,6 +11,7 @@ from crew.api.params import render
 from crew.api.spec import Reply, endpoint
 from crew.api.state import api_state
 from crew.domain.errors import UnavailableError
+from crew.store.file_guard import DatabaseFileGoneError
 
 
 @endpoint(
@@ -21,7 +22,10 @@ from crew.domain.errors import UnavailableError
     public=True,
     responses={
         200: Reply("Healthy.", "Health"),
-        503: Reply("The database is unreachable.", "HealthUnavailable"),
+        503: Reply(
+            "The database is unreachable, or its SQLite file was deleted or replaced.",
+            "HealthUnavailable",
+        ),
     },
 )
 async def health(request: Request) -> Response:
@@ -30,15 +34,17 @@ async def health(request: Request) -> Response:
         await state.ready()
         assert state.reads is not None
         await state.reads.ping()
-    except UnavailableError:
-        # Never the driver's message: it can name hosts, users and paths.
+    except UnavailableError as error:
+        # Never the driver's message: it can name hosts, users and paths. The file guard's
+        # message names none, and says what to do.
+        gone = isinstance(error, DatabaseFileGoneError)
         return render(
             {
                 "status": "unavailable",
                 "db": "unavailable",
                 "version": __version__,
-                "detail": "the database is unavailable",
-                "code": "database_unavailable",
+                "detail": error.message if gone else "the database is unavailable",
+                "code": error.code if gone else "database_unavailable",
                 "request_id": request.scope.get("crew.request_id", ""),
             },
             503,
