@@ -190,5 +190,6 @@ def test_attempt_to_dict_names_every_field() -> None:
         "status": 503,
         "retryable": True,
         "wait_s": 1.5,
+        "latency_ms": None,
     }
     assert set(attempt.to_dict()) == {f.name for f in dataclasses.fields(Attempt)}

@@ -8,8 +8,11 @@ Responses carry what the sidecar and the cost accounting need.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from crew.domain.errors import ProviderError
 
 MessageRole = Literal["system", "user", "assistant"]
 
@@ -31,6 +34,10 @@ class LLMRequest:
     timeout_s: float = 120.0
     wants_json: bool = False
     stop: tuple[str, ...] = ()
+    json_schema: Mapping[str, Any] | None = field(default=None, hash=False, compare=False)
+    """The JSON Schema the answer must follow (implies `wants_json`): providers that can
+    enforce one (grammar-constrained sampling) are asked to; the caller validates anyway."""
+    schema_name: str = "answer"
 
     @property
     def system(self) -> str:
@@ -67,6 +74,22 @@ class Provider(Protocol):
     async def complete(self, request: LLMRequest) -> LLMResponse: ...
 
     async def aclose(self) -> None: ...
+
+
+class PromptTooLongError(ProviderError):
+    """The server refused the prompt: it does not fit the model's context window.
+
+    Not the provider's fault and not transient: the node fails (exit 1) with the numbers,
+    no retry and no fallback (another model would be asked the same too-long prompt).
+    """
+
+    code = "context_length_exceeded"
+    exit_code = 1
+    http_status = 422
+
+    def __init__(self, message: str, *, provider: str, status: int | None = None) -> None:
+        super().__init__(message, provider=provider, retryable=False)
+        self.status = status
 
 
 def estimate_tokens(text: str) -> int:

@@ -5,25 +5,29 @@ of overrides they know about; `LLMClient.resolve` applies the one precedence rul
 (crew/llm/resolution.py). `LLMClient.call` then makes the call the way every caller
 needs it made: within the provider's concurrency limit, retried on transient failures
 (HTTP providers), handed to LLM_FALLBACK_ORDER when the provider cannot answer
-(crew/llm/fallback.py), priced once, and checked against a run budget before it starts.
-Every try is recorded, because the sidecar shows them.
+(crew/llm/fallback.py) — straight away while a provider's circuit is open
+(crew/llm/circuit.py) — priced once, and checked against a run budget before it starts.
+Every try is recorded, because the sidecar shows them, and every call, answered or not,
+goes to the current ledger (crew/llm/ledger.py), because a failed node spent it too.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from crew.domain.errors import ConfigError, NoProviderAnsweredError, ProviderError
 from crew.domain.plan import LLMSpec
-from crew.llm.base import LLMRequest, LLMResponse, Message, Provider
+from crew.llm import ledger
+from crew.llm.base import LLMRequest, LLMResponse, Message, PromptTooLongError, Provider
+from crew.llm.circuit import CircuitBreaker
 from crew.llm.fallback import RETRIED_PROVIDERS, call_candidates
 from crew.llm.limits import ProviderLimits
-from crew.llm.pricing import Price, cost_usd, price_for
+from crew.llm.pricing import Price, cost_usd, price_for, served_price
 from crew.llm.registry import ProviderRegistry
 from crew.llm.resolution import ResolvedLLM, resolve_llm
 from crew.llm.retry import Attempt, with_retries
@@ -54,6 +58,9 @@ class CallResult:
     resolved: ResolvedLLM | None = None
     attempt_log: list[Attempt] = field(default_factory=list)
     """Every try, failed ones included, in order."""
+    elapsed_ms: float | None = None
+    """The whole call: failed tries, waits between them and fallback included (the
+    response's `latency_ms` is the answering request alone)."""
 
 
 class CallBudget(Protocol):
@@ -110,12 +117,17 @@ class LLMClient:
         limits: ProviderLimits | None = None,
         budget: CallBudget | None = None,
         observer: CallObserver | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.settings = settings
         self.providers = providers
         self.limits = limits if limits is not None else ProviderLimits(settings)
         self.budget = budget
         self.observer = observer
+        self.breaker = breaker if breaker is not None else CircuitBreaker()
+        self._served: dict[str, frozenset[str] | None] = {}
+        """Per provider, the models its server lists (None: the list could not be read);
+        read once, only to decide whether a list price applies."""
         self._resolved: dict[tuple[str, tuple[LLMSpec | None, ...]], ResolvedLLM] = {}
         """resolve_llm's answers: the settings are fixed, so a role kind and overrides
         always resolve the same way, and a run asks thousands of times."""
@@ -124,9 +136,15 @@ class LLMClient:
         """This client with every call checked against `budget` (shares providers, limits,
         observer)."""
         client = LLMClient(
-            self.settings, self.providers, limits=self.limits, budget=budget, observer=self.observer
+            self.settings,
+            self.providers,
+            limits=self.limits,
+            budget=budget,
+            observer=self.observer,
+            breaker=self.breaker,
         )
         client._resolved = self._resolved
+        client._served = self._served
         return client
 
     def resolve(self, role_kind: str, overrides: Sequence[LLMSpec | None] = ()) -> ResolvedLLM:
@@ -143,11 +161,17 @@ class LLMClient:
         messages: Sequence[Message],
         *,
         wants_json: bool = False,
+        json_schema: Mapping[str, Any] | None = None,
+        schema_name: str = "answer",
         overrides: Sequence[LLMSpec | None] = (),
         budget: CallBudget | None = None,
     ) -> CallResult:
         """Make one call; raises ProviderError when nothing could answer and
-        BudgetExceededError when the budget refused it (nothing was sent then)."""
+        BudgetExceededError when the budget refused it (nothing was sent then).
+
+        `json_schema` asks for an answer following that schema (and JSON at all); the
+        provider enforces it where it can, the caller still validates.
+        """
         budget = budget if budget is not None else self.budget
         resolved = self.resolve(role_kind, overrides)
         request = LLMRequest(
@@ -157,13 +181,34 @@ class LLMClient:
             temperature=resolved.temperature,
             max_tokens=resolved.max_tokens,
             timeout_s=resolved.timeout_s,
-            wants_json=wants_json,
+            wants_json=wants_json or json_schema is not None,
+            json_schema=json_schema,
+            schema_name=schema_name,
         )
         started_at = datetime.now(UTC)
-        outcome = await self._complete(request, resolved, budget)
+        clock = time.perf_counter()
+        attempt_log: list[Attempt] = []
+        try:
+            outcome = await self._complete(request, resolved, budget, attempt_log)
+        except ProviderError as error:
+            book = ledger.current()
+            if book is not None and attempt_log:
+                book.failed.append(
+                    ledger.FailedCall(
+                        request=request,
+                        provider=resolved.provider,
+                        model=resolved.model,
+                        started_at=started_at,
+                        ended_at=datetime.now(UTC),
+                        elapsed_ms=(time.perf_counter() - clock) * 1000.0,
+                        error=error.message,
+                        attempt_log=list(attempt_log),
+                    )
+                )
+            raise
         ended_at = datetime.now(UTC)
         response = outcome.response
-        cost, price_source = self._price(outcome.provider, outcome.request.model, response)
+        cost, price_source = await self._price(outcome.provider, outcome.request.model, response)
         result = CallResult(
             request=outcome.request,
             response=response,
@@ -177,7 +222,11 @@ class LLMClient:
             price_source=price_source,
             resolved=resolved,
             attempt_log=outcome.attempt_log,
+            elapsed_ms=(time.perf_counter() - clock) * 1000.0,
         )
+        book = ledger.current()
+        if book is not None:
+            book.answered.append(result)
         if budget is not None:
             budget.settle(outcome.reservation, result)
         if self.observer is not None:
@@ -185,15 +234,20 @@ class LLMClient:
         return result
 
     async def _complete(
-        self, request: LLMRequest, resolved: ResolvedLLM, budget: CallBudget | None
+        self,
+        request: LLMRequest,
+        resolved: ResolvedLLM,
+        budget: CallBudget | None,
+        attempt_log: list[Attempt],
     ) -> _Outcome:
         """Try the resolved provider, then LLM_FALLBACK_ORDER, until one answers.
 
         Each provider is reserved against the budget at its own price before it is tried
         (a fallback may cost more than the provider it replaces); a failed try releases
-        its reservation. A fallback is recorded in `fallback_from`, never hidden.
+        its reservation. A fallback is recorded in `fallback_from`, never hidden. A
+        provider whose circuit is open is passed over while a later one can be tried; a
+        prompt too long for the model ends the call at once (see PromptTooLongError).
         """
-        attempt_log: list[Attempt] = []
         reasons: list[str] = []
         errors: list[ProviderError] = []
         candidates = call_candidates(self.settings, resolved.provider, resolved.model)
@@ -204,6 +258,14 @@ class LLMClient:
             if candidate.skip is not None:
                 reasons.append(f"{label}: {candidate.skip}")
                 continue
+            key = (candidate.provider, candidate.model)
+            retried = candidate.provider in RETRIED_PROVIDERS
+            mode = self.breaker.admit(key) if retried else "normal"
+            if mode is None:
+                if any(c.skip is None for c in candidates[index + 1 :]):
+                    reasons.append(f"{label}: {self.breaker.why_open(key)}")
+                    continue
+                mode = "normal"  # the last provider left: tried, never failed unasked
             if index == 0:
                 provider = self.providers.get(candidate.provider)  # misconfigured: ConfigError
             else:
@@ -214,25 +276,37 @@ class LLMClient:
                     continue
             attempt_request = request if index == 0 else replace(request, model=candidate.model)
             reservation = None
-            if budget is not None:
-                price = price_for(self.settings, candidate.provider, attempt_request.model, None)
-                reservation = await budget.reserve(attempt_request, price)
             try:
+                if budget is not None:
+                    price = await self.price(candidate.provider, attempt_request.model, None)
+                    reservation = await budget.reserve(attempt_request, price)
                 response = await self._attempt(
-                    candidate.provider, provider, attempt_request, attempt_log
+                    candidate.provider,
+                    provider,
+                    attempt_request,
+                    attempt_log,
+                    probe=mode == "probe",
                 )
             except ProviderError as error:
                 if budget is not None:
                     budget.settle(reservation, None)
+                if retried and error.retryable:
+                    self.breaker.failed(key)
+                else:
+                    self.breaker.released(key)
+                if isinstance(error, PromptTooLongError):
+                    raise
                 reasons.append(f"{label}: {error.message}")
                 errors.append(error)
                 if len(candidates) > 1:
                     log.warning("%s failed: %s", label, error.message)
                 continue
             except BaseException:
+                self.breaker.released(key)
                 if budget is not None:
                     budget.settle(reservation, None)
                 raise
+            self.breaker.succeeded(key)
             return _Outcome(
                 response=response,
                 request=attempt_request,
@@ -244,10 +318,17 @@ class LLMClient:
         raise self._nothing_answered(resolved, reasons, errors, attempt_log)
 
     async def _attempt(
-        self, name: str, provider: Provider, request: LLMRequest, attempt_log: list[Attempt]
+        self,
+        name: str,
+        provider: Provider,
+        request: LLMRequest,
+        attempt_log: list[Attempt],
+        *,
+        probe: bool = False,
     ) -> LLMResponse:
-        """One provider's tries: retried for HTTP providers, each holding a concurrency
-        slot only while the request is in flight (not while waiting to retry)."""
+        """One provider's tries: retried for HTTP providers (once only for a circuit's
+        probe), each holding a concurrency slot only while the request is in flight (not
+        while waiting to retry)."""
 
         observer = self.observer
 
@@ -283,7 +364,7 @@ class LLMClient:
 
             response, _ = await with_retries(
                 once,
-                max_retries=self.settings.openai_max_retries,
+                max_retries=0 if probe else self.settings.openai_max_retries,
                 base_ms=self.settings.openai_backoff_base_ms,
                 factor=self.settings.openai_backoff_factor,
                 on_retry=on_retry,
@@ -292,6 +373,7 @@ class LLMClient:
                 attempts_log=attempt_log,
             )
             return response
+        started = time.perf_counter()
         try:
             response = await once()
         except ProviderError as error:
@@ -304,10 +386,15 @@ class LLMClient:
                     error=error.message,
                     status=_status(error),
                     retryable=error.retryable,
+                    latency_ms=(time.perf_counter() - started) * 1000.0,
                 )
             )
             raise
-        attempt_log.append(Attempt(1, name, request.model, ok=True))
+        attempt_log.append(
+            Attempt(
+                1, name, request.model, ok=True, latency_ms=(time.perf_counter() - started) * 1000.0
+            )
+        )
         return response
 
     def _nothing_answered(
@@ -332,12 +419,38 @@ class LLMClient:
             message = "no LLM provider could answer: " + "; ".join(reasons)
         return NoProviderAnsweredError(message, provider=resolved.provider, reasons=reasons)
 
-    def _price(
+    async def price(
+        self, provider: str, requested_model: str | None, response_model: str | None
+    ) -> Price | None:
+        """The price of a call (pricing.price_for), except that a list price only applies
+        to a model the provider's server lists: a compatible server answers under any
+        model name it is given, and its calls are not the listed model's calls."""
+        price = price_for(self.settings, provider, requested_model, response_model)
+        if price is None or not price.source.startswith("table:"):
+            return price
+        served = await self.served_models(provider)
+        return served_price(price, provider, requested_model or response_model, served)
+
+    async def served_models(self, provider: str) -> frozenset[str] | None:
+        """The models `provider`'s server lists (cached); None when it cannot tell."""
+        if provider in self._served:
+            return self._served[provider]
+        served: frozenset[str] | None = None
+        try:
+            lister = getattr(self.providers.get(provider), "list_models", None)
+            if lister is not None:
+                served = frozenset(await lister(timeout_s=min(10.0, self.settings.llm_timeout_s)))
+        except (ProviderError, ConfigError) as error:
+            log.warning("cannot read the models %s serves: %s", provider, error.message)
+        self._served[provider] = served
+        return served
+
+    async def _price(
         self, provider: str, requested_model: str | None, response: LLMResponse
     ) -> tuple[float | None, str | None]:
         """Cost in USD, fixed now, and where the price came from; None when nobody priced
         the model (pricing warns once)."""
-        price = price_for(self.settings, provider, requested_model, response.model)
+        price = await self.price(provider, requested_model, response.model)
         if price is None:
             return None, None
         return cost_usd(price, response.input_tokens, response.output_tokens), price.source

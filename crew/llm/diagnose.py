@@ -18,7 +18,7 @@ from typing import Any
 from crew.domain.errors import CrewError
 from crew.domain.plan import LLMSpec
 from crew.llm.fallback import fallback_model
-from crew.llm.pricing import price_for
+from crew.llm.pricing import is_served, price_for
 from crew.llm.resolution import resolve_llm
 from crew.settings import ROLE_NAMES, Settings
 
@@ -34,9 +34,13 @@ class Check:
     """What was checked: a URL (no credentials), `built in`, a database URL (no password)."""
     detail: str
     warnings: list[str] = field(default_factory=list)
+    served: list[str] | None = None
+    """The models the server lists (None: not read); used for prices, not reported."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        report = asdict(self)
+        report.pop("served")
+        return report
 
 
 def role_report(
@@ -112,14 +116,26 @@ async def check_provider(settings: Settings, name: str, models: list[str | None]
     for model in (m for m in models if m is not None):
         if name == "ollama" and not _ollama_has(model, available):
             problems.append(f'model "{model}" is not pulled: run `ollama pull {model}`')
-        elif name == "openai" and model not in available:
-            warnings.append(f'the server does not list model "{model}"')
+        elif name == "openai" and not is_served(model, frozenset(available)):
+            # A compatible server may answer under any name it is asked for, with the
+            # model it has: the calls would not be that model's, nor cost its price.
+            shown = ", ".join(available[:5]) + (", …" if len(available) > 5 else "")
+            problems.append(
+                f'the server does not serve model "{model}" (it lists: {shown or "nothing"}); '
+                "its calls would be answered by another model and get no list price: use a "
+                "listed model (LLM_DEFAULT_MODEL, <ROLE>_MODEL)"
+            )
     if problems:
-        return Check(name, False, target, "; ".join(problems), warnings)
+        return Check(name, False, target, "; ".join(problems), warnings, available)
     what = "key accepted, " if name == "openai" and settings.openai_api_key else ""
     listed = ", ".join(m for m in models if m is not None) or "-"
     return Check(
-        name, True, target, f"{what}{len(available)} model(s) available; uses {listed}", warnings
+        name,
+        True,
+        target,
+        f"{what}{len(available)} model(s) available; uses {listed}",
+        warnings,
+        available,
     )
 
 
@@ -190,6 +206,13 @@ async def diagnose(
         check_database(settings),
     )
     providers, database = list(checks[:-1]), checks[-1]
+    served = {c.name: c.served for c in providers}
+    for role in roles:
+        source = role["price_source"]
+        listed = served.get(role["provider"])
+        unserved = listed is None or not is_served(role["model"] or "", frozenset(listed))
+        if source and source.startswith("table:") and unserved:
+            role["price_source"] = None  # a list price only applies to a served model
     return {
         "ok": all(c.ok for c in checks),
         "roles": roles,

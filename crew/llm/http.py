@@ -16,22 +16,66 @@ import asyncio
 import email.utils
 import json
 import math
+import re
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Self
 
 import httpx
 
 from crew.domain.errors import ProviderError
-from crew.llm.base import LLMRequest, LLMResponse, estimate_tokens
+from crew.llm.base import LLMRequest, LLMResponse, PromptTooLongError, estimate_tokens
+from crew.llm.structured import Refusal, SpellingMemory, is_format_refusal
 
 DETAIL_MAX_CHARS = 300
 """Longest server error text quoted in a message: enough to act on, short enough to log."""
 
 CONNECT_TIMEOUT_MAX_S = 10.0
 """A server that does not accept a connection within this is down, whatever the deadline."""
+
+
+_CONTEXT_OVERFLOW = re.compile(
+    r"context[ _-]?(length|window|size)|maximum context|exceeds? (the )?(available )?context"
+    r"|prompt is too long|too many tokens",
+    re.IGNORECASE,
+)
+_CONTEXT_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
+
+_THINK = re.compile(r"^\s*<think>(.*?)(</think>|$)", re.DOTALL)
+
+
+def split_reasoning(text: str) -> tuple[str, str | None]:
+    """The answer without a leading `<think>…</think>` block, and the block's content.
+
+    Reasoning models (served by Ollama and compatible servers) think aloud before
+    answering; that text is not the answer (it would break a JSON plan, or end up in a
+    deliverable), but it was paid for and explains the answer, so it is kept apart. An
+    unclosed block (the answer was cut off while thinking) is all reasoning.
+    """
+    match = _THINK.match(text)
+    if match is None:
+        return text, None
+    return text[match.end() :].lstrip(), match.group(1).strip()
+
+
+def error_code(response: httpx.Response) -> str | None:
+    """The `error.code` of an OpenAI-style error body, if any."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None
+
+
+def is_context_overflow(response: httpx.Response, detail: str) -> bool:
+    """True when an error answer says the prompt does not fit the model's context."""
+    if response.status_code < 400:
+        return False
+    return error_code(response) in _CONTEXT_CODES or bool(_CONTEXT_OVERFLOW.search(detail))
 
 
 class HTTPProviderError(ProviderError):
@@ -233,6 +277,19 @@ class Exchange:
     response: httpx.Response
     body: dict[str, Any]
     elapsed_ms: float
+    spelling: str | None = None
+    """The structured-output spelling the server accepted (None: no schema asked)."""
+    refusals: tuple[Refusal, ...] = ()
+    """Spellings refused before it (each was one request to the server)."""
+
+    def structured_extra(self) -> dict[str, object]:
+        """What the sidecar records about structured output for this answer."""
+        if self.spelling is None:
+            return {}
+        extra: dict[str, object] = {"structured_output": self.spelling}
+        if self.refusals:
+            extra["format_refusals"] = [r.to_dict() for r in self.refusals]
+        return extra
 
 
 class HTTPProviderBase:
@@ -244,6 +301,8 @@ class HTTPProviderBase:
     """
 
     name: str
+    spellings: tuple[str, ...] = ()
+    """Structured-output spellings, most precise first (crew/llm/structured.py)."""
 
     def __init__(
         self,
@@ -257,6 +316,7 @@ class HTTPProviderBase:
             client if client is not None else create_client(max_connections=max_connections)
         )
         self._owns_client = client is None
+        self.formats = SpellingMemory(self.spellings)
 
     @property
     def unreachable_message(self) -> str:
@@ -266,8 +326,9 @@ class HTTPProviderBase:
         """Headers every request carries (none unless the provider needs some)."""
         return {}
 
-    def payload(self, request: LLMRequest, model: str) -> dict[str, Any]:
-        """The provider's request body for a chat call."""
+    def payload(self, request: LLMRequest, model: str, spelling: str | None) -> dict[str, Any]:
+        """The provider's request body for a chat call (`spelling`: how to ask for the
+        request's JSON Schema, None when it has none)."""
         raise NotImplementedError
 
     def rejection(self, response: httpx.Response, model: str | None) -> HTTPProviderError:
@@ -294,17 +355,57 @@ class HTTPProviderBase:
             unreachable=self.unreachable_message,
         )
         if response.status_code >= 400:
+            detail = error_detail(response)
+            if model is not None and is_context_overflow(response, detail):
+                raise PromptTooLongError(
+                    f"{self.name} returned HTTP {response.status_code}: the prompt does not "
+                    f"fit {model}'s context window: {detail}",
+                    provider=self.name,
+                    status=response.status_code,
+                )
             raise self.rejection(response, model)
         body = json_object(response, provider=self.name, url=url)
         return Exchange(url, response, body, watch.elapsed_ms())
 
     async def chat(self, request: LLMRequest, path: str) -> tuple[str, Exchange]:
-        """Send a chat call; the model asked for, and the exchange."""
+        """Send a chat call; the model asked for, and the exchange.
+
+        A request with a JSON Schema tries the provider's spellings in turn while the
+        server refuses them for their format, and remembers the one accepted.
+        """
         model = request.model
         if not model:
             raise no_model_error(self.name)
-        payload = self.payload(request, model)
-        return model, await self.fetch(path, payload, timeout_s=request.timeout_s, model=model)
+        if request.json_schema is None or not self.spellings:
+            return model, await self.send(request, path, self.payload(request, model, None))
+        refusals: list[Refusal] = []
+        spellings = self.formats.to_try(model)
+        for position, spelling in enumerate(spellings):
+            try:
+                exchange = await self.send(request, path, self.payload(request, model, spelling))
+            except HTTPProviderError as error:
+                last = position == len(spellings) - 1
+                if last or not is_format_refusal(error.status, error.message):
+                    raise
+                refusals.append(Refusal(spelling, error.status, error.message))
+                continue
+            self.formats.accepted(model, spelling)
+            return model, replace(exchange, spelling=spelling, refusals=tuple(refusals))
+        raise AssertionError("unreachable: the last spelling returns or raises")
+
+    async def send(self, request: LLMRequest, path: str, payload: Mapping[str, Any]) -> Exchange:
+        """POST a chat payload; a prompt too long for the model fails with its numbers."""
+        try:
+            return await self.fetch(path, payload, timeout_s=request.timeout_s, model=request.model)
+        except PromptTooLongError as error:
+            size = sum(len(m.content.encode("utf-8")) for m in request.messages)
+            raise PromptTooLongError(
+                f"{error.message} (crew sent {len(request.messages)} message(s), "
+                f"{size} bytes of prompt, max_tokens={request.max_tokens}; shorten the "
+                "inputs, lower max_tokens or use a model with a larger context)",
+                provider=self.name,
+                status=error.status,
+            ) from None
 
     def malformed(self, exchange: Exchange, why: str) -> HTTPProviderError:
         """The error for a body that does not hold what the wire format promises."""
@@ -326,14 +427,19 @@ class HTTPProviderBase:
         (prompt and completion tokens, as found in its body).
 
         A count the server left out is estimated, and the response says so; the model is
-        the one the server names, else the one requested.
+        the one the server names, else the one requested. A leading `<think>` block is
+        moved out of the text into `extra["reasoning"]` (split_reasoning).
         """
+        raw_text = text
+        text, reasoning = split_reasoning(text)
+        if reasoning is not None:
+            extra = {**extra, "reasoning": reasoning}
         prompt_tokens, completion_tokens = (reported_tokens(value) for value in reported)
         estimated = prompt_tokens is None or completion_tokens is None
         if prompt_tokens is None:
             prompt_tokens = sum(estimate_tokens(m.content) for m in request.messages)
         if completion_tokens is None:
-            completion_tokens = estimate_tokens(text)
+            completion_tokens = estimate_tokens(raw_text)
         response_model = body.get("model")
         return LLMResponse(
             text=text,

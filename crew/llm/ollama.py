@@ -22,6 +22,7 @@ from crew.llm.http import (
     reported_tokens,
     response_error,
 )
+from crew.llm.structured import OLLAMA_SPELLINGS
 from crew.settings import Settings
 
 _MODEL_NOT_FOUND = re.compile(r"model\b.*\bnot found", re.IGNORECASE | re.DOTALL)
@@ -31,6 +32,7 @@ class OllamaProvider(HTTPProviderBase):
     """Chat completions from an Ollama server; one HTTP client reused for every call."""
 
     name = "ollama"
+    spellings = OLLAMA_SPELLINGS
 
     @property
     def unreachable_message(self) -> str:
@@ -39,7 +41,7 @@ class OllamaProvider(HTTPProviderBase):
             "`ollama serve` or set OLLAMA_BASE_URL"
         )
 
-    def payload(self, request: LLMRequest, model: str) -> dict[str, Any]:
+    def payload(self, request: LLMRequest, model: str, spelling: str | None) -> dict[str, Any]:
         """The /api/chat body: sampling settings go in `options`, as Ollama expects."""
         options: dict[str, Any] = {
             "temperature": request.temperature,
@@ -53,7 +55,9 @@ class OllamaProvider(HTTPProviderBase):
             "stream": False,
             "options": options,
         }
-        if request.wants_json:
+        if spelling == "schema" and request.json_schema is not None:
+            body["format"] = dict(request.json_schema)
+        elif request.wants_json:
             body["format"] = "json"
         return body
 
@@ -64,6 +68,11 @@ class OllamaProvider(HTTPProviderBase):
         content = message.get("content") if isinstance(message, dict) else None
         if not isinstance(content, str):
             raise self.malformed(exchange, "no message.content")
+        extra: dict[str, object] = {"wall_ms": round(measured_ms, 3)}
+        extra.update(exchange.structured_extra())
+        thinking = message.get("thinking") if isinstance(message, dict) else None
+        if isinstance(thinking, str) and thinking.strip():
+            extra["reasoning"] = thinking.strip()
         total_ns = reported_tokens(body.get("total_duration"))
         return self.answer(
             request,
@@ -73,7 +82,7 @@ class OllamaProvider(HTTPProviderBase):
             reported=(body.get("prompt_eval_count"), body.get("eval_count")),
             latency_ms=total_ns / 1e6 if total_ns else measured_ms,
             finish_reason=body.get("done_reason"),
-            extra={"wall_ms": round(measured_ms, 3)},
+            extra=extra,
         )
 
     def rejection(self, response: httpx.Response, model: str | None) -> HTTPProviderError:

@@ -20,9 +20,11 @@ from crew.llm.http import (
     HTTPProviderBase,
     HTTPProviderError,
     display_url,
+    error_code,
     error_detail,
     response_error,
 )
+from crew.llm.structured import OPENAI_SPELLINGS, openai_response_format
 from crew.settings import Settings
 
 _QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
@@ -33,6 +35,7 @@ class OpenAIProvider(HTTPProviderBase):
     """Chat completions from any OpenAI-compatible server; one HTTP client for every call."""
 
     name = "openai"
+    spellings = OPENAI_SPELLINGS
 
     def __init__(
         self,
@@ -58,7 +61,7 @@ class OpenAIProvider(HTTPProviderBase):
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
 
-    def payload(self, request: LLMRequest, model: str) -> dict[str, Any]:
+    def payload(self, request: LLMRequest, model: str, spelling: str | None) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": model,
             "messages": [{"role": m.role, "content": m.content} for m in request.messages],
@@ -67,7 +70,11 @@ class OpenAIProvider(HTTPProviderBase):
         }
         if request.stop:
             body["stop"] = list(request.stop)
-        if request.wants_json:
+        if spelling is not None:
+            body["response_format"] = openai_response_format(
+                spelling, request.json_schema, request.schema_name
+            )
+        elif request.wants_json:
             body["response_format"] = {"type": "json_object"}
         return body
 
@@ -93,7 +100,7 @@ class OpenAIProvider(HTTPProviderBase):
 
         usage = body.get("usage")
         usage = usage if isinstance(usage, dict) else {}
-        extra: dict[str, object] = {}
+        extra: dict[str, object] = exchange.structured_extra()
         if isinstance(body.get("id"), str):
             extra["response_id"] = body["id"]
         if isinstance(message.get("refusal"), str):
@@ -123,7 +130,7 @@ class OpenAIProvider(HTTPProviderBase):
                 status=status,
             )
         detail = error_detail(response, secrets=[self._api_key])
-        if status == 429 and _error_code(response) in _QUOTA_CODES:
+        if status == 429 and error_code(response) in _QUOTA_CODES:
             return HTTPProviderError(
                 f"the OpenAI-compatible server at {where} refused the call: out of quota "
                 f"(HTTP 429): {detail}",
@@ -140,16 +147,6 @@ class OpenAIProvider(HTTPProviderBase):
         if not isinstance(data, list):
             raise self.malformed(exchange, "no data list")
         return [str(m["id"]) for m in data if isinstance(m, dict) and m.get("id")]
-
-
-def _error_code(response: httpx.Response) -> str | None:
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    error = body.get("error") if isinstance(body, dict) else None
-    code = error.get("code") if isinstance(error, dict) else None
-    return code if isinstance(code, str) else None
 
 
 def from_settings(settings: Settings) -> OpenAIProvider:

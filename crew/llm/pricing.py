@@ -138,6 +138,41 @@ def price_for(
     return None
 
 
+def is_served(model: str, served: frozenset[str]) -> bool:
+    """True when the server lists `model` (or the same model under a dated name)."""
+    wanted = {model.strip().lower(), base_model(model)}
+    return any(m.strip().lower() in wanted or base_model(m) in wanted for m in served)
+
+
+def served_price(
+    price: Price, provider: str, model: str | None, served: frozenset[str] | None
+) -> Price | None:
+    """A list price, kept only when the server serves the model it is the price of.
+
+    A compatible server (a local one above all) answers under whatever model name it is
+    asked for; pricing those calls at the list price of a hosted model would make up
+    costs. A server whose list cannot be read cannot confirm it either: such calls are
+    priced only by prices set explicitly (OPENAI_PRICE_*), and warned about once.
+    """
+    if model is None:
+        return None
+    if served is not None and is_served(model, served):
+        return price
+    why = (
+        "the server's model list could not be read"
+        if served is None
+        else "the server does not list this model"
+    )
+    _warn_once(
+        provider,
+        model,
+        f"{why}, so its list price does not apply and cost is recorded as null; set "
+        f"OPENAI_PRICE_PROMPT_{price_env_key(model)}_PER_1K and "
+        f"OPENAI_PRICE_COMPLETION_{price_env_key(model)}_PER_1K (0 for a free model)",
+    )
+    return None
+
+
 def _warn_once(provider: str, model: str, why: str) -> None:
     with _warned_lock:
         if (provider, model) in _warned:

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
 from crew.domain.errors import ProviderError
@@ -48,6 +49,9 @@ class Attempt:
     retryable: bool | None = None
     wait_s: float = 0.0
     """How long crew waited after this attempt before the next one."""
+    latency_ms: float | None = field(default=None, compare=False)
+    """How long the try itself took, failed ones included (None: not measured); not
+    part of equality: two records of the same try differ only by the clock."""
 
     def to_dict(self) -> dict[str, object]:
         # Spelled out: dataclasses.asdict deep-copies every field, once per sidecar.
@@ -60,6 +64,7 @@ class Attempt:
             "status": self.status,
             "retryable": self.retryable,
             "wait_s": self.wait_s,
+            "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 3),
         }
 
 
@@ -118,14 +123,18 @@ async def with_retries(
     attempt = 0
     while True:
         attempt += 1
+        started = time.perf_counter()
         try:
             result = await call()
         except ProviderError as error:
+            latency_ms = (time.perf_counter() - started) * 1000.0
             delay = _next_delay(
                 error, attempt, max_retries, base_ms, factor, jitter, rng, max_retry_after_s
             )
             if attempts_log is not None:
-                attempts_log.append(_failed(attempt, error, provider, model, delay or 0.0))
+                attempts_log.append(
+                    _failed(attempt, error, provider, model, delay or 0.0, latency_ms)
+                )
             if delay is None:
                 raise
             if on_retry is not None:
@@ -133,7 +142,10 @@ async def with_retries(
             await sleep(delay)
         else:
             if attempts_log is not None:
-                attempts_log.append(Attempt(attempt, provider, model, ok=True))
+                latency_ms = (time.perf_counter() - started) * 1000.0
+                attempts_log.append(
+                    Attempt(attempt, provider, model, ok=True, latency_ms=latency_ms)
+                )
             return result, attempt
 
 
@@ -159,7 +171,12 @@ def _next_delay(
 
 
 def _failed(
-    number: int, error: ProviderError, provider: str, model: str | None, wait_s: float
+    number: int,
+    error: ProviderError,
+    provider: str,
+    model: str | None,
+    wait_s: float,
+    latency_ms: float | None = None,
 ) -> Attempt:
     status = getattr(error, "status", None)
     return Attempt(
@@ -171,4 +188,5 @@ def _failed(
         status=status if isinstance(status, int) else None,
         retryable=error.retryable,
         wait_s=wait_s,
+        latency_ms=latency_ms,
     )
