@@ -22,6 +22,7 @@ from crew.domain.errors import CrewError, InterruptedRunError, InvalidInputError
 
 if TYPE_CHECKING:
     from crew.agents.goal import Goal
+    from crew.domain.plan import Plan
 
 EXIT_BROKEN_PIPE = 141
 """128 + SIGPIPE: what a shell reports for a writer whose pipe's reader exited."""
@@ -66,17 +67,59 @@ def goal_from_options(title: str, description: str | None, acceptance: list[str]
     shell variable, and planning for nothing would hide that.
     """
     from crew.agents.goal import Goal
+    from crew.domain.limits import MAX_DESCRIPTION, MAX_ITEM, MAX_ITEMS, MAX_TITLE, check_text
 
     if not title.strip():
         raise InvalidInputError("--title must not be empty")
     criteria = [criterion.strip() for criterion in acceptance or ()]
     if not all(criteria):
         raise InvalidInputError("--acceptance must not be empty")
+    problems: list[str] = []
+    check_text(title, "--title", MAX_TITLE, problems)
+    if description:
+        check_text(description, "--description", MAX_DESCRIPTION, problems)
+    if len(criteria) > MAX_ITEMS:
+        problems.append(f"--acceptance is given {len(criteria)} times (at most {MAX_ITEMS})")
+    for criterion in criteria:
+        check_text(criterion, "--acceptance", MAX_ITEM, problems)
+    if problems:
+        raise InvalidInputError("invalid goal", problems=problems)
     return Goal(
         title=title.strip(),
         description=description.strip() if description and description.strip() else None,
         acceptance=tuple(criteria),
     )
+
+
+def read_plan_file(task_file: str) -> Plan:
+    """The validated plan of a plan file, or of stdin for `-`.
+
+    Read as bytes, at most MAX_PLAN_BYTES, and decoded strictly (crew.domain.json_input):
+    every way a file can be wrong is an InvalidInputError (exit 2), never a traceback.
+    """
+    from crew.domain.json_input import decode_json
+    from crew.domain.limits import MAX_PLAN_BYTES
+    from crew.domain.plan import parse_plan
+
+    if task_file == "-":
+        stdin = getattr(sys.stdin, "buffer", None)
+        raw: str | bytes = (stdin or sys.stdin).read(MAX_PLAN_BYTES + 1)
+        source = "stdin"
+    else:
+        try:
+            with open(task_file, "rb") as file:
+                raw = file.read(MAX_PLAN_BYTES + 1)
+        except FileNotFoundError:
+            raise InvalidInputError(f"plan file not found: {task_file}") from None
+        except (OSError, ValueError) as error:
+            reason = getattr(error, "strerror", None) or error
+            raise InvalidInputError(f"cannot read plan file {task_file}: {reason}") from None
+        source = task_file
+    if len(raw) > MAX_PLAN_BYTES:
+        raise InvalidInputError(
+            f"{source} is too large: a plan is at most {MAX_PLAN_BYTES // (1024 * 1024)} MiB"
+        )
+    return parse_plan(decode_json(raw, source))
 
 
 def discard_output(stream: Any) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -304,29 +303,9 @@ def exit_code(summary: dict[str, Any]) -> int:
 
 
 def _read_plan_file(task_file: str) -> Plan:
-    from crew.domain.plan import parse_plan
+    from crew.cli.common import read_plan_file
 
-    if task_file == "-":
-        text = sys.stdin.read()
-        source = "stdin"
-    else:
-        path = Path(task_file)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise InvalidInputError(f"plan file not found: {task_file}") from None
-        except (OSError, UnicodeDecodeError) as error:
-            raise InvalidInputError(f"cannot read plan file {task_file}: {error}") from None
-        source = task_file
-    import json
-
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InvalidInputError(
-            f"{source} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}"
-        ) from None
-    return parse_plan(data)
+    return read_plan_file(task_file)
 
 
 class _Progress:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from crew.domain.limits import MAX_MESSAGE_CHARS, MAX_PROBLEM_CHARS, MAX_PROBLEMS, cut
+
 
 class CrewError(Exception):
     """Base class: a failure with a message meant for a human, not a traceback."""
@@ -18,14 +20,25 @@ class CrewError(Exception):
     code: str = "error"
 
     def __init__(self, message: str, *, problems: Sequence[str] = ()) -> None:
+        # Bounded here, whoever raised it: a message quoting a huge input (a 1 MB id, a
+        # plan with thousands of bad nodes) must not flood a terminal or a response.
+        message = cut(message, MAX_MESSAGE_CHARS)
         super().__init__(message)
         self.message = message
-        self.problems: list[str] = list(problems)
+        self.problems: list[str] = bounded_problems(problems)
 
     def __str__(self) -> str:
         if not self.problems:
             return self.message
         return self.message + "\n" + "\n".join(f"  - {p}" for p in self.problems)
+
+
+def bounded_problems(problems: Sequence[str]) -> list[str]:
+    """At most MAX_PROBLEMS problems of at most MAX_PROBLEM_CHARS each; the rest counted."""
+    shown = [cut(p, MAX_PROBLEM_CHARS) for p in problems[:MAX_PROBLEMS]]
+    if len(problems) > MAX_PROBLEMS:
+        shown.append(f"… and {len(problems) - MAX_PROBLEMS:,} more problems")
+    return shown
 
 
 class InvalidInputError(CrewError):
@@ -66,6 +79,13 @@ class ConflictError(InvalidInputError):
 
     http_status = 409
     code = "conflict"
+
+
+class LeaseLostError(ConflictError):
+    """This process no longer holds the run's lease: another executor took it over.
+
+    Raised by a fenced write; nothing of the transaction that raised it was committed.
+    """
 
 
 class RunFailedError(CrewError):

@@ -7,6 +7,7 @@ sees all of them at once; each message names the node it is about.
 from __future__ import annotations
 
 import heapq
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +15,19 @@ from enum import StrEnum
 from typing import Any
 
 from crew.domain.errors import PlanValidationError
+from crew.domain.limits import (
+    MAX_DESCRIPTION,
+    MAX_INTEGER,
+    MAX_ITEM,
+    MAX_ITEMS,
+    MAX_MODEL,
+    MAX_NODE_TITLE,
+    MAX_NODES,
+    MAX_ROLE,
+    MAX_TITLE,
+    check_text,
+    quote_cut,
+)
 from crew.domain.providers import PROVIDER_NAMES
 
 NODE_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -31,6 +45,8 @@ class NodeType(StrEnum):
 
 
 _TYPE_ALIASES = {"execute": NodeType.TASK}
+MAX_TIMEOUT_S = 86_400.0
+"""A node's llm `timeout_s`: a day; larger values overflow some clients' timers."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +146,10 @@ def topological_order(nodes: Sequence[PlanNode]) -> list[str]:
     """
     index = {n.id: i for i, n in enumerate(nodes)}
     unknown = [
-        f"node {n.id!r}: unknown dependency {d!r}" for n in nodes for d in n.deps if d not in index
+        f"node {quote_cut(n.id)}: unknown dependency {quote_cut(d)}"
+        for n in nodes
+        for d in n.deps
+        if d not in index
     ]
     if unknown:
         # Callers outside parse_plan (the engine, resume) may hand us hand-built nodes;
@@ -154,12 +173,21 @@ def topological_order(nodes: Sequence[PlanNode]) -> list[str]:
     if len(order) != len(nodes):
         placed = set(order)
         cycle = find_cycle([n for n in nodes if n.id not in placed])
-        shown = " -> ".join(cycle)
         raise PlanValidationError(
             "the plan has a dependency cycle",
-            problems=[f"node {cycle[0]!r} is part of a dependency cycle: {shown}"],
+            problems=[
+                f"node {quote_cut(cycle[0])} is part of a dependency cycle: {show_cycle(cycle)}"
+            ],
         )
     return order
+
+
+def show_cycle(cycle: Sequence[str], most: int = 20) -> str:
+    """`a -> b -> a`; a long cycle shows its first keys, a count, and its start again."""
+    if len(cycle) <= most + 1:
+        return " -> ".join(cycle)
+    hidden = len(cycle) - 1 - most
+    return " -> ".join([*cycle[:most], f"… ({hidden:,} more)", cycle[-1]])
 
 
 def find_cycle(nodes: Sequence[PlanNode]) -> list[str]:
@@ -216,9 +244,15 @@ def parse_plan(
     if not isinstance(title, str) or not title.strip():
         problems.append("the plan needs a non-empty string 'title'")
         title = ""
+    elif not check_text(title, "the plan's 'title'", MAX_TITLE, problems):
+        title = ""
     description = data.get("description")
     if description is not None and not isinstance(description, str):
         problems.append("'description' must be a string")
+        description = None
+    elif description is not None and not check_text(
+        description, "'description'", MAX_DESCRIPTION, problems
+    ):
         description = None
     goal_acceptance = _string_list(data.get("acceptance"), "plan 'acceptance'", problems)
 
@@ -231,6 +265,11 @@ def parse_plan(
         raise PlanValidationError(
             "invalid plan", problems=[*problems, "the plan is empty: it needs at least one node"]
         )
+    if len(raw_nodes) > MAX_NODES:
+        raise PlanValidationError(
+            "invalid plan",
+            problems=[*problems, f"the plan has {len(raw_nodes):,} nodes (at most {MAX_NODES:,})"],
+        )
 
     providers = set(known_providers)
     nodes: list[PlanNode] = []
@@ -240,7 +279,7 @@ def parse_plan(
         if node is None:
             continue
         if node.id in seen:
-            problems.append(f"node {node.id!r}: duplicate id (ids must be unique)")
+            problems.append(f"node {quote_cut(node.id)}: duplicate id (ids must be unique)")
             continue
         seen.add(node.id)
         nodes.append(node)
@@ -248,7 +287,7 @@ def parse_plan(
     for node in nodes:
         for dep in node.deps:
             if dep not in seen:
-                problems.append(f"node {node.id!r}: unknown dependency {dep!r}")
+                problems.append(f"node {quote_cut(node.id)}: unknown dependency {quote_cut(dep)}")
 
     # Look for a cycle even when other problems exist, ignoring unknown deps, so that
     # one report lists everything.
@@ -287,7 +326,7 @@ def _parse_node(
         what = "empty 'id'" if key == "" else "missing string 'id'"
         problems.append(f"node #{position}: {what}")
         return None
-    name = f"node {key!r}"
+    name = f"node {quote_cut(key)}"
     before = len(problems)
     if not is_valid_key(key):
         problems.append(
@@ -298,10 +337,16 @@ def _parse_node(
     if not isinstance(title, str) or not title.strip():
         problems.append(f"{name}: missing non-empty string 'title'")
         title = ""
+    elif not check_text(title, f"{name}: 'title'", MAX_NODE_TITLE, problems):
+        title = ""
     node_type = _parse_type(raw.get("type"), name, problems)
     role = raw.get("suggested_agent_role")
     if role is not None and (not isinstance(role, str) or not role.strip()):
         problems.append(f"{name}: 'suggested_agent_role' must be a non-empty string")
+        role = None
+    elif role is not None and not check_text(
+        role, f"{name}: 'suggested_agent_role'", MAX_ROLE, problems
+    ):
         role = None
     # Integer ids are read as strings (as for 'id'); booleans are not ids.
     raw_deps = [
@@ -342,7 +387,7 @@ def _parse_type(value: object, name: str, problems: list[str]) -> NodeType:
         except ValueError:
             pass
     allowed = ", ".join([t.value for t in NodeType] + list(_TYPE_ALIASES))
-    problems.append(f"{name}: unknown type {value!r} (accepted: {allowed})")
+    problems.append(f"{name}: unknown type {quote_cut(value)} (accepted: {allowed})")
     return NodeType.TASK
 
 
@@ -360,20 +405,27 @@ def _parse_llm(
         provider = provider.strip().lower()
     if provider is not None and provider not in providers:
         problems.append(
-            f"{name}: unknown llm provider {provider!r} (accepted: {', '.join(sorted(providers))})"
+            f"{name}: unknown llm provider {quote_cut(provider)} "
+            f"(accepted: {', '.join(sorted(providers))})"
         )
         provider = None
     model = value.get("model")
     if model is not None and (not isinstance(model, str) or not model):
         problems.append(f"{name}: llm 'model' must be a non-empty string")
         model = None
+    elif model is not None and not check_text(model, f"{name}: llm 'model'", MAX_MODEL, problems):
+        model = None
     temperature = _number(value.get("temperature"), f"{name}: llm 'temperature'", problems, 0, 2)
-    timeout = _number(value.get("timeout_s"), f"{name}: llm 'timeout_s'", problems, 0.001, None)
+    timeout = _number(
+        value.get("timeout_s"), f"{name}: llm 'timeout_s'", problems, 0.001, MAX_TIMEOUT_S
+    )
     max_tokens = value.get("max_tokens")
     if max_tokens is not None and (
-        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
+        not isinstance(max_tokens, int)
+        or isinstance(max_tokens, bool)
+        or not 1 <= max_tokens <= MAX_INTEGER
     ):
-        problems.append(f"{name}: llm 'max_tokens' must be a positive integer")
+        problems.append(f"{name}: llm 'max_tokens' must be a positive integer (at most 2^63-1)")
         max_tokens = None
     return LLMSpec(
         provider=provider,
@@ -391,6 +443,9 @@ def _number(
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         problems.append(f"{label} must be a number")
+        return None
+    if not math.isfinite(value):
+        problems.append(f"{label} must be a finite number, not {value}")
         return None
     if value < low or (high is not None and value > high):
         bound = f"between {low} and {high}" if high is not None else f"at least {low}"
@@ -415,4 +470,11 @@ def _string_list(value: object, label: str, problems: list[str]) -> list[str]:
     if any(not isinstance(item, str) for item in items):
         problems.append(f"{label} must be a string or a list of strings")
         return []
-    return [item for item in items if isinstance(item, str) and item.strip()]
+    if len(items) > MAX_ITEMS:
+        problems.append(f"{label} has {len(items):,} items (at most {MAX_ITEMS})")
+        return []
+    strings = [item for item in items if isinstance(item, str)]
+    for index, item in enumerate(strings):
+        if not check_text(item, f"{label} item {index + 1}", MAX_ITEM, problems):
+            return []
+    return [item for item in strings if item.strip()]
