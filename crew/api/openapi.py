@@ -127,6 +127,16 @@ SCHEMAS: dict[str, Any] = {
     "RunAction": _obj(
         {"run_id": {"type": "string"}, "status": {"type": "string"}, "location": {"type": "string"}}
     ),
+    "RunDeleted": _obj(
+        {
+            "run_id": {"type": "string"},
+            "status": {"const": "deleted"},
+            "files_bytes": INT,
+            "content_bytes": INT,
+            "freed_bytes": INT,
+            "files_error": STR_NULL,
+        }
+    ),
     "Node": _obj(
         {
             "id": {"type": "string"},

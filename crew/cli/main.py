@@ -61,6 +61,9 @@ def _register() -> None:
     db.register(app)
     serve.register(app)
     doctor.register(app)
+    from crew.cli import gc  # retention: `crew gc`
+
+    gc.register(app)
 
 
 _register()

@@ -1,8 +1,9 @@
-"""Runs: list, show, summary, cancel, resume."""
+"""Runs: list, show, summary, cancel, resume, delete."""
 
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any
 
 from starlette.requests import Request
@@ -28,6 +29,8 @@ from crew.domain.status import RunStatus
 from crew.engine.views import jsonable, run_cost, run_list_item
 from crew.store.read_sql import RunFilters
 from crew.store.reads import ReadStore, RunDetail
+
+log = logging.getLogger("crew.api")
 
 RUN_ORDER = ("created_at", "started_at", "ended_at", "title", "status")
 RUN_STATUSES = tuple(s.value for s in RunStatus)
@@ -183,6 +186,63 @@ async def resume_run(request: Request) -> Response:
     state.runs.start(run_id, resume=True)
     body = {"run_id": run_id, "status": "accepted", "location": f"/runs/{run_id}"}
     return render(body, 202, headers={"Location": _location(request, run_id)})
+
+
+FINISHED = (
+    RunStatus.COMPLETED.value,
+    RunStatus.FAILED.value,
+    RunStatus.CANCELED.value,
+    RunStatus.INTERRUPTED.value,
+)
+
+
+@endpoint(
+    "DELETE",
+    "/runs/{run_id}",
+    summary="Delete a finished run with its nodes, artifacts, events and files",
+    tag="runs",
+    params=[path_id("run_id", "run")],
+    responses=replies(
+        {200: Reply("Deleted; the space freed.", "RunDeleted")}, 400, 401, 404, 409, 503
+    ),
+)
+async def delete_run(request: Request) -> Response:
+    """Only a completed, failed, canceled or interrupted run: a queued or running one is a
+    409 (cancel it first), and the status is checked again by the DELETE itself."""
+    Query(request, ()).check()
+    state = api_state(request)
+    status = await found(request, "run", ReadStore.run_status, sweep=True)
+    run_id = request.path_params["run_id"]
+    assert state.runs is not None and state.repo is not None
+    removed = None
+    if status in FINISHED and not state.runs.is_active(run_id):
+        from crew.engine.retention import delete_run as delete_finished
+
+        removed = await delete_finished(state.repo.engine, state.settings.runs_root, run_id)
+    if removed is None:
+        raise ApiError(
+            409,
+            f"run {run_id} is {status}; only finished runs ({', '.join(FINISHED)}) can be "
+            "deleted: cancel it first",
+            code="conflict",
+        )
+    log.info(
+        "run %s deleted by %s (%d bytes freed)",
+        run_id,
+        request.scope.get("crew.api_key", "anonymous"),
+        removed.freed_bytes,
+    )
+    if removed.files_error:
+        log.error("run %s: its files could not be deleted: %s", run_id, removed.files_error)
+    body = {
+        "run_id": run_id,
+        "status": "deleted",
+        "files_bytes": removed.files_bytes,
+        "content_bytes": removed.content_bytes,
+        "freed_bytes": removed.freed_bytes,
+        "files_error": removed.files_error,
+    }
+    return render(body)
 
 
 def _location(request: Request, run_id: str) -> str:
