@@ -33,8 +33,10 @@ from crew.domain.plan import parse_plan
 from crew.settings import settings_from_values
 from crew.store import migrate
 from crew.store.database import open_repository
+from tests.api_helpers import H, api, assert_error, call, repo, seed_run, wait_status
 
 DEEP = "[" * 100_000 + "]" * 100_000
+DONE = {"completed", "failed", "canceled", "interrupted"}
 
 
 @pytest.fixture(autouse=True)
@@ -272,3 +274,256 @@ def test_duplicate_keys_are_refused_naming_the_key(tmp_path: Path) -> None:
     refused(run_file(tmp_path, text), "duplicate key 'id'")
     with pytest.raises(InvalidInputError, match="duplicate key 'a'"):
         decode_json('{"a": 1, "a": 1}', "the body")
+
+
+# ---- the same defects through POST /tasks (ASGI app, both databases) ------------------
+
+
+def _post(client: Any, body: str | bytes) -> Any:
+    return client.post("/tasks", headers={**H, "Content-Type": "application/json"}, content=body)
+
+
+def _api_runs(client: Any) -> int:
+    return len(call(client, repo(client).list_runs, limit=1000))
+
+
+API_BODIES = {
+    "surrogate title": ('{"title": "\\ud800", "task": {"type": "demo"}}', "title", "surrogate"),
+    "surrogate in plan": (
+        '{"task": {"title": "t", "plan": [{"id": "a", "title": "\\udc00"}]}}',
+        "task.plan[0].title",
+        "surrogate",
+    ),
+    "deep body": ("[" * 100_000 + "]" * 100_000, "nested", ""),
+    "deep plan": ('{"task": ' + "[" * 50 + "]" * 50 + "}", "nested", ""),
+    "nul acceptance": (
+        '{"task": {"title": "t", "plan": [{"id": "a", "title": "x", "acceptance": "\\u0000"}]}}',
+        "acceptance",
+        "NUL",
+    ),
+    "nul role": (
+        json.dumps(hostile_plan({"node": {"suggested_agent_role": "W\u0000"}})),
+        "suggested_agent_role",
+        "NUL",
+    ),
+    "nul body description": (
+        '{"description": "\\u0000", "task": {"type": "demo"}}',
+        "description",
+        "NUL",
+    ),
+    "escape in goal": (
+        '{"title": "\\u001b[2J", "options": {"use_supervisor": true}}',
+        "title",
+        "U+001B",
+    ),
+    "long role": (
+        json.dumps({"task": _sized(LIMITS["role"][0], MAX_ROLE + 1)}),
+        "suggested_agent_role",
+        "too long",
+    ),
+    "long model option": (
+        json.dumps(
+            {"task": {"type": "demo"}, "options": {"llm": {"executor": {"model": "m" * 201}}}}
+        ),
+        "options.llm.executor.model",
+        "too long",
+    ),
+    "nan temperature": (
+        '{"task": {"title": "t", "plan": [{"id": "a", "title": "x", '
+        '"llm": {"temperature": NaN}}]}}',
+        "NaN",
+        "",
+    ),
+    "infinite budget": (
+        '{"task": {"type": "demo"}, "options": {"max_cost_usd": Infinity}}',
+        "Infinity",
+        "",
+    ),
+    "overflowing budget": (
+        '{"task": {"type": "demo"}, "options": {"max_cost_usd": 1e999}}',
+        "infinity",
+        "",
+    ),
+    "duplicate key": (
+        '{"task": {"type": "demo"}, "task": {"type": "demo"}}',
+        "duplicate key 'task'",
+        "",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(API_BODIES))
+def test_1_to_5_hostile_bodies_are_400s_naming_the_field(
+    db_url: str, tmp_path: Path, case: str
+) -> None:
+    body, *words = API_BODIES[case]
+    with api(db_url, tmp_path) as client:
+        answer = assert_error(_post(client, body), 400)
+        text = json.dumps(answer, ensure_ascii=False)
+        assert all(word in text for word in words if word), (words, text[:2000])
+        assert _api_runs(client) == 0
+
+
+def test_4_longest_strings_run_through_the_api_on_both_databases(
+    db_url: str, tmp_path: Path
+) -> None:
+    longest = _sized(LIMITS["role"][0], MAX_ROLE)
+    longest["plan"][0]["title"] = "t" * MAX_NODE_TITLE
+    longest["title"] = "T" * MAX_TITLE
+    longest["plan"][0]["acceptance"] = ["a" * MAX_ITEM] * 3
+    with api(db_url, tmp_path) as client:
+        r = client.post("/tasks", headers=H, json={"task": longest})
+        assert r.status_code == 202, r.text
+        assert wait_status(client, r.json()["run_id"], DONE)["status"] == "completed"
+
+
+def test_10_api_refusals_quote_cut_values(sqlite_url: str, tmp_path: Path) -> None:
+    huge = "k" * 500_000
+    with api(sqlite_url, tmp_path) as client:
+        for body in (
+            {"task": plan_dict(n(huge))},
+            {huge: 1, "task": {"type": "demo"}},
+            {"task": {"type": "demo"}, "options": {"llm": {huge: {}}}},
+        ):
+            r = client.post("/tasks", headers=H, json=body)
+            assert_error(r, 400)
+            assert len(r.content) < 5_000, len(r.content)
+        r = client.get("/runs/" + "r" * 60_000, headers=H)
+        assert_error(r, 404)
+        assert len(r.content) < 1_000
+        r = client.get("/runs?limit=" + "9" * 4_000, headers=H)
+        assert_error(r, 400)
+        assert len(r.content) < 1_000
+
+
+# ---- 11. OpenAPI accuracy and 405 first ------------------------------------------------
+
+
+def test_11_openapi_declares_time_zones_and_the_one_plan_source_rule() -> None:
+    from zoneinfo import available_timezones
+
+    from crew.api.openapi import document
+
+    doc = document()
+    zone = doc["components"]["schemas"]["TimeZone"]
+    assert set(zone["enum"]) == available_timezones() and "Europe/Paris" in zone["enum"]
+    for item in doc["paths"].values():
+        for operation in item.values():
+            if operation.get("security") == []:
+                continue  # public: no X-Timezone
+            header = [p for p in operation["parameters"] if p["name"] == "X-Timezone"]
+            assert header and header[0]["schema"] == {"$ref": "#/components/schemas/TimeZone"}
+    task = doc["components"]["schemas"]["TaskRequest"]
+    sources = [frozenset(s["required"]) for s in task["oneOf"]]
+    assert sources == [{"task"}, {"task_spec"}, {"task_file"}, {"options"}]
+    assert task["oneOf"][3]["properties"]["options"]["properties"]["use_supervisor"] == {
+        "const": True
+    }
+
+
+def test_11_openapi_one_plan_source_matches_the_server(sqlite_url: str, tmp_path: Path) -> None:
+    from jsonschema_rs import Draft202012Validator
+
+    from crew.api.openapi import document
+
+    validator = Draft202012Validator(document()["components"]["schemas"]["TaskRequest"])
+    bodies = [
+        {"task": {"type": "demo"}},
+        {"task_spec": {"type": "demo"}},
+        {"title": "Goal", "options": {"use_supervisor": True}},
+        {"task": {"type": "demo"}, "task_spec": {"type": "demo"}},
+        {"task": {"type": "demo"}, "options": {"use_supervisor": True}},
+        {"title": "nothing to run"},
+        {"title": "nothing", "options": {"use_supervisor": False}},
+    ]
+    with api(sqlite_url, tmp_path) as client:
+        for body in bodies:
+            declared_valid = validator.is_valid(body)
+            status = client.post("/tasks", headers=H, json=body).status_code
+            assert (status == 202) == declared_valid, (body, status)
+
+
+@pytest.mark.parametrize("method", ["PATCH", "PUT", "TRACE"])
+def test_11_an_undeclared_method_is_405_whatever_the_headers(
+    sqlite_url: str, tmp_path: Path, method: str
+) -> None:
+    bad = [
+        {},
+        {"X-API-Key": "wrong"},
+        {"X-Timezone": "Mars/Olympus_Mons"},
+        {"X-API-Key": "wrong", "X-Timezone": "nowhere", "Content-Length": "99999999999"},
+    ]
+    with api(sqlite_url, tmp_path) as client:
+        for path in ("/runs", "/tasks", "/runs/some-id", "/artifacts/x/download", "/health"):
+            for headers in bad:
+                r = client.request(method, path, headers=headers)
+                assert_error(r, 405, "method_not_allowed")
+                assert method not in r.headers["allow"] and r.headers["allow"]
+        # A declared method with a bad header is still judged by its headers.
+        assert_error(client.get("/runs", headers={**H, "X-Timezone": "nowhere"}), 400)
+        assert_error(client.get("/runs", headers={"X-API-Key": "wrong"}), 401)
+
+
+# ---- 12. artifact paths that cannot be a file under RUNS_ROOT --------------------------
+
+
+def test_12_an_artifact_path_with_a_nul_is_a_404(sqlite_url: str, tmp_path: Path) -> None:
+    with api(sqlite_url, tmp_path) as client:
+        r = repo(client)
+        run_id = call(client, seed_run, r, nodes=1, events=0)
+        (tmp_path / "runs" / run_id).mkdir(parents=True)
+        (tmp_path / "runs" / run_id / "ok.md").write_text("fine", encoding="utf-8")
+        ids = {}
+        for name, path in {
+            "ok": f"{run_id}/ok.md",
+            "nul": f"{run_id}/ok.md\u0000.txt",
+            "long": f"{run_id}/" + "n" * 5_000,
+            "deep long": "/".join(["d" * 200] * 40),
+        }.items():
+            record = call(
+                client,
+                r.add_artifact,
+                run_id=run_id,
+                node_id=None,
+                type="markdown",
+                path=path,
+                content="x",
+                summary=None,
+                sha256="0" * 64,
+                size=1,
+            )
+            ids[name] = record.id
+        assert client.get(f"/artifacts/{ids['ok']}/download", headers=H).text == "fine"
+        for name in ("nul", "long", "deep long"):
+            assert_error(client.get(f"/artifacts/{ids[name]}/download", headers=H), 404)
+
+
+def test_12_file_under_refuses_every_way_out(tmp_path: Path) -> None:
+    from crew.api.routes.artifacts import file_under
+
+    root = tmp_path / "runs"
+    (root / "r").mkdir(parents=True)
+    (root / "r" / "a.md").write_text("a", encoding="utf-8")
+    outside = tmp_path / "secret.txt"
+    outside.write_text("secret", encoding="utf-8")
+    (root / "r" / "out.md").symlink_to(outside)
+    (root / "r" / "loop").symlink_to(root / "r" / "loop")
+    (root / "r" / "in.md").symlink_to(root / "r" / "a.md")
+    assert file_under(root, "r/a.md") == (root / "r" / "a.md").resolve()
+    assert file_under(root, "r/in.md") == (root / "r" / "a.md").resolve()
+    for bad in (
+        "", "r", ".", "..", "../secret.txt", "r/../../secret.txt", str(outside), "r/out.md",
+        "r/loop", "r/a.md\u0000", "r/" + "x" * 300, "r/" + "x/" * 3000, "r/\udcff",
+    ):  # fmt: skip
+        assert file_under(root, bad) is None, bad
+
+
+def test_3_a_nul_in_an_id_or_a_filter_is_a_4xx_on_both_databases(
+    db_url: str, tmp_path: Path
+) -> None:
+    with api(db_url, tmp_path) as client:
+        for path in ("/runs/%00", "/nodes/a%00b", "/artifacts/%00/download", "/runs/%00/events"):
+            assert_error(client.get(path, headers=H), 404)
+        for query in ("/runs?status=%00", "/events?run_id=%00", "/runs/x/artifacts?type=a%00"):
+            assert_error(client.get(query, headers=H), 400)
+        assert_error(client.get("/runs/%00"), 401)  # the key is still checked first

@@ -12,7 +12,8 @@ from typing import Any
 
 from starlette.responses import Response
 
-from crew.domain.errors import CrewError
+from crew.domain.errors import CrewError, bounded_problems
+from crew.domain.limits import MAX_MESSAGE_CHARS, cut, quote_cut
 
 STATUS_CODES = {
     400: "invalid_request",
@@ -40,11 +41,13 @@ class ApiError(Exception):
         errors: Sequence[str] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
+        # Bounded whoever raised it, as CrewError is: no answer echoes a huge input whole.
+        detail = cut(detail, MAX_MESSAGE_CHARS)
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.code = code or STATUS_CODES.get(status, "error")
-        self.errors = list(errors) if errors is not None else None
+        self.errors = bounded_problems(errors) if errors is not None else None
         self.headers = dict(headers or {})
 
     @classmethod
@@ -54,7 +57,7 @@ class ApiError(Exception):
     @classmethod
     def missing(cls, kind: str, identifier: str) -> ApiError:
         """404 for an id that names no row: `kind` is `run`, `node`, `artifact`..."""
-        return cls(404, f"no {kind} with id {identifier!r}", code="not_found")
+        return cls(404, f"no {kind} with id {quote_cut(identifier)}", code="not_found")
 
     @classmethod
     def from_crew(cls, error: CrewError) -> ApiError:

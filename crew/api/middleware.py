@@ -1,7 +1,10 @@
 """The request pipeline every route shares, as one pure ASGI middleware.
 
 In order: a request id (the client's if it is well formed, also put in the logging
-context), the X-Timezone check, the API key, the body size limit; then the route; then
+context), 405 for a method the path does not declare (before any header is judged: the
+answer depends on the route table only), the X-Timezone check, the API key, 404 for a
+path holding a NUL (no id holds one; PostgreSQL would fail on it), the body size limit;
+then the route; then
 the X-Request-ID header on whatever answer went out, one access-log line, the request's
 metrics (when METRICS_ENABLED) and a JSON 500 (never a traceback) when a route raised
 something unexpected, reported to Sentry when SENTRY_DSN is set. One middleware rather
@@ -19,8 +22,9 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from crew.api.errors import ApiError, error_response
 from crew.api.params import KEY_PATTERN
 from crew.domain.errors import CrewError
+from crew.domain.limits import quote_cut
 from crew.observability import context
 from crew.observability.hooks import ErrorReporter, HttpObserver
 
@@ -67,8 +72,20 @@ class KeyChecker:
         return found
 
 
+@lru_cache(maxsize=1)
+def zone_names() -> tuple[str, ...]:
+    """The IANA zone names X-Timezone accepts, sorted; /openapi.json lists the same."""
+    return tuple(sorted(available_timezones()))
+
+
+@lru_cache(maxsize=1)
+def _zone_set() -> frozenset[str]:
+    return frozenset(zone_names())
+
+
 def _zone(name: str) -> ZoneInfo:
-    if not name or len(name) > 64 or ".." in name or name.startswith("/"):
+    # Only listed names: ZoneInfo would also open other files of the zone database.
+    if name not in _zone_set():
         raise ValueError(name)
     try:
         return ZoneInfo(name)
@@ -115,6 +132,7 @@ class RequestMiddleware:
             await send(message)
 
         try:
+            self._check_method(scope)
             self._check(scope, headers)
             receive = self._limited(headers, receive)
             await self.app(scope, receive, send_wrapped)
@@ -169,6 +187,23 @@ class RequestMiddleware:
                     break
         return getattr(route, "path", None) or UNMATCHED
 
+    def _check_method(self, scope: Scope) -> None:
+        """405 when routes match the path but none the method, whatever the headers say."""
+        allowed: set[str] = set()
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return
+            if match is Match.PARTIAL:
+                allowed.update(getattr(route, "methods", None) or ())
+        if allowed:
+            raise ApiError(
+                405,
+                f"method {quote_cut(scope['method'])} not allowed on {quote_cut(scope['path'])}",
+                code="method_not_allowed",
+                headers={"Allow": ", ".join(sorted(allowed))},
+            )
+
     def _check(self, scope: Scope, headers: dict[str, str]) -> None:
         zone_name = headers.get("x-timezone")
         if zone_name is not None:
@@ -179,7 +214,7 @@ class RequestMiddleware:
                 except ValueError:
                     raise ApiError(
                         400,
-                        f"X-Timezone {zone_name[:64]!r} is not an IANA time zone "
+                        f"X-Timezone {quote_cut(zone_name)} is not an IANA time zone "
                         "(e.g. Europe/Paris, UTC)",
                         code="invalid_timezone",
                         errors=["X-Timezone: unknown time zone"],
@@ -199,6 +234,8 @@ class RequestMiddleware:
             detail = "missing X-API-Key header" if given is None else "invalid API key"
             raise ApiError(401, detail, code="unauthorized")
         scope["crew.api_key"] = f"key{index}"
+        if "\x00" in path:
+            raise ApiError(404, f"no such path: {quote_cut(path)}", code="not_found")
 
     def _limited(self, headers: dict[str, str], receive: Receive) -> Receive:
         length = headers.get("content-length")

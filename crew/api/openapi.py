@@ -7,7 +7,9 @@ from functools import lru_cache
 from typing import Any
 
 from crew import __version__
+from crew.api.middleware import zone_names
 from crew.api.spec import ENDPOINTS
+from crew.domain.limits import MAX_DESCRIPTION, MAX_ITEM, MAX_ITEMS, MAX_MODEL, MAX_TITLE
 
 TS = {"type": "string", "format": "date-time"}
 TS_NULL = {"type": ["string", "null"], "format": "date-time"}
@@ -199,12 +201,16 @@ SCHEMAS: dict[str, Any] = {
     "EventPage": _page("Event"),
     "TaskRequest": _obj(
         {
-            "title": {"type": "string", "minLength": 1, "maxLength": 500},
+            "title": {"type": "string", "minLength": 1, "maxLength": MAX_TITLE},
             "task": PLAN,
             "task_spec": PLAN,
             "task_file": {"type": "string", "description": "A file name inside TASKS_DIR."},
-            "description": {"type": "string"},
-            "acceptance": {"type": "array", "items": {"type": "string"}},
+            "description": {"type": "string", "maxLength": MAX_DESCRIPTION},
+            "acceptance": {
+                "type": "array",
+                "maxItems": MAX_ITEMS,
+                "items": {"type": "string", "maxLength": MAX_ITEM},
+            },
             "request_id": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"},
             "options": _obj(
                 {
@@ -229,6 +235,11 @@ SCHEMAS: dict[str, Any] = {
         [],
         extra=False,
     ),
+    "TimeZone": {
+        "type": "string",
+        "enum": list(zone_names()),
+        "description": "An IANA time zone name, as listed by the server's zone database.",
+    },
     "TaskAccepted": _obj(
         {
             "run_id": {"type": "string"},
@@ -249,11 +260,33 @@ HEADERS = {
     "Retry-After": {"description": "Seconds to wait.", "schema": {"type": "string"}},
     "WWW-Authenticate": {"description": "How to authenticate.", "schema": {"type": "string"}},
 }
+PLAN_SOURCES = [
+    {"title": "inline plan", "required": ["task"]},
+    {"title": "inline plan (task_spec)", "required": ["task_spec"]},
+    {"title": "plan file in TASKS_DIR", "required": ["task_file"]},
+    {
+        "title": "planned by the supervisor",
+        "required": ["options"],
+        "properties": {
+            "options": {
+                "required": ["use_supervisor"],
+                "properties": {"use_supervisor": {"const": True}},
+            }
+        },
+    },
+]
+"""POST /tasks takes exactly one plan source: oneOf says so to generated clients."""
+SCHEMAS["TaskRequest"]["oneOf"] = PLAN_SOURCES
+SCHEMAS["TaskRequest"]["description"] = (
+    "Exactly one plan source: task, task_spec, task_file, or options.use_supervisor: true. "
+    f"Strings: no NUL or control character but tab and line breaks; a model name at most "
+    f"{MAX_MODEL} characters; limits in docs/limits.md."
+)
 TIMEZONE = {
     "name": "X-Timezone",
     "in": "header",
     "required": False,
-    "schema": {"type": "string"},
+    "schema": {"$ref": "#/components/schemas/TimeZone"},
     "description": "An IANA time zone (e.g. Europe/Paris): every timestamp of the response is "
     "shown in it. Invalid: 400. Default: UTC with an offset.",
 }

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from crew.api.errors import ApiError
+from crew.domain.limits import quote_cut, text_problem
 from crew.store.read_sql import Order
 
 T = TypeVar("T")
@@ -36,7 +37,12 @@ class Query:
         self.problems: list[str] = []
         unknown = sorted(set(self.params.keys()) - set(allowed) - {"api_key"})
         for name in unknown:
-            self.problems.append(f"unknown query parameter {name!r}")
+            self.problems.append(f"unknown query parameter {quote_cut(name)}")
+        # A NUL reaching PostgreSQL is a driver error (a 500); no id or filter holds one.
+        for name, value in self.params.multi_items():
+            problem = text_problem(value)
+            if problem is not None and name in allowed:
+                self.problems.append(f"{name}: {problem}")
 
     def text(self, name: str, *, max_length: int = 256) -> str | None:
         value = self.params.get(name)
@@ -50,7 +56,7 @@ class Query:
     def choice(self, name: str, choices: Sequence[str]) -> str | None:
         value = self.text(name)
         if value is not None and value not in choices:
-            self.problems.append(f"{name}: {value!r} is not one of {', '.join(choices)}")
+            self.problems.append(f"{name}: {quote_cut(value)} is not one of {', '.join(choices)}")
             return None
         return value
 
@@ -64,7 +70,7 @@ class Query:
             value = None
         if value is None or value < low or value > high:
             bound = f"from {low} to {high}"
-            self.problems.append(f"{name}: expected an integer {bound}, got {raw!r}")
+            self.problems.append(f"{name}: expected an integer {bound}, got {quote_cut(raw)}")
             return default
         return value
 
@@ -81,7 +87,8 @@ class Query:
             value = datetime.fromisoformat(raw)
         except ValueError:
             self.problems.append(
-                f"{name}: {raw!r} is not an ISO 8601 timestamp (e.g. 2026-01-31T08:00:00+01:00)"
+                f"{name}: {quote_cut(raw)} is not an ISO 8601 timestamp "
+                "(e.g. 2026-01-31T08:00:00+01:00)"
             )
             return None
         if value.tzinfo is None:
@@ -97,7 +104,7 @@ class Query:
             column = part[1:] if descending else part
             if column not in allowed:
                 self.problems.append(
-                    f"order_by: unknown field {column!r}; allowed: {', '.join(allowed)} "
+                    f"order_by: unknown field {quote_cut(column)}; allowed: {', '.join(allowed)} "
                     "(prefix with - for descending)"
                 )
                 return []

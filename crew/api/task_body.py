@@ -6,14 +6,25 @@ of problems; nothing in here can turn a bad body into a 500.
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from crew.api.errors import ApiError
 from crew.api.params import KEY_PATTERN
-from crew.domain.errors import PlanValidationError
+from crew.domain.errors import InvalidInputError, PlanValidationError
+from crew.domain.json_input import decode_json
+from crew.domain.limits import (
+    MAX_DESCRIPTION,
+    MAX_ITEM,
+    MAX_ITEMS,
+    MAX_MODEL,
+    MAX_PLAN_BYTES,
+    MAX_TITLE,
+    check_text,
+    quote_cut,
+)
 from crew.domain.plan import Plan, parse_plan
 from crew.domain.providers import PROVIDER_NAMES
 from crew.settings import Settings
@@ -41,7 +52,6 @@ OPTION_KEYS = (
 )
 LLM_ROLES = ("supervisor", "manager", "executor")
 DEFAULT_TITLE = "Rapport 80p"
-MAX_TITLE = 500
 
 
 def demo_plan(title: str | None) -> Plan:
@@ -78,20 +88,22 @@ def parse_task_request(
     body: bytes, settings: Settings, available: set[str] | frozenset[str]
 ) -> TaskRequest:
     try:
-        data = json.loads(body) if body.strip() else None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ApiError.invalid(f"the body is not valid JSON: {error}") from None
+        data = decode_json(body, "the body") if body.strip() else None
+    except InvalidInputError as error:
+        raise ApiError.invalid(error.message, error.problems or [error.message]) from None
     if not isinstance(data, dict):
         raise ApiError.invalid("the body must be a JSON object")
     problems: list[str] = []
     for key in sorted(set(data) - set(BODY_KEYS)):
-        problems.append(f"unknown field {key!r} (accepted: {', '.join(BODY_KEYS)})")
+        problems.append(f"unknown field {quote_cut(key)} (accepted: {', '.join(BODY_KEYS)})")
 
     title = data.get("title")
     if title is not None and (
         not isinstance(title, str) or not title.strip() or len(title) > MAX_TITLE
     ):
         problems.append(f"title: expected a non-empty string of at most {MAX_TITLE} characters")
+        title = None
+    elif title is not None and not check_text(title, "title", MAX_TITLE, problems):
         title = None
     request_id = data.get("request_id")
     if request_id is not None and (
@@ -169,19 +181,27 @@ def _read_task_file(name: Any, settings: Settings, problems: list[str]) -> Any:
             "needs TASKS_DIR (a folder of plan files); send the plan inline as task instead"
         )
         return None
-    if not isinstance(name, str) or not name or "\x00" in name:
+    if not isinstance(name, str) or not name or len(name) > 1024 or "\x00" in name:
         problems.append("task_file: expected a file name inside TASKS_DIR")
         return None
     root = Path(settings.tasks_dir).resolve()
-    # The resolved real path, so `..`, absolute names and symlinks cannot leave TASKS_DIR.
-    path = (root / name).resolve()
-    if not path.is_relative_to(root) or not path.is_file():
-        problems.append(f"task_file: {name!r} is not a file inside TASKS_DIR")
+    try:
+        # The resolved real path, so `..`, absolute names and symlinks cannot leave TASKS_DIR.
+        path = (root / name).resolve()
+        if not path.is_relative_to(root) or not path.is_file():
+            raise FileNotFoundError(name)
+        with path.open("rb") as file:
+            raw = file.read(MAX_PLAN_BYTES + 1)
+    except (OSError, ValueError, RuntimeError):
+        problems.append(f"task_file: {quote_cut(name)} is not a file inside TASKS_DIR")
+        return None
+    if len(raw) > MAX_PLAN_BYTES:
+        problems.append(f"task_file: {quote_cut(name)} is larger than {MAX_PLAN_BYTES} bytes")
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        problems.append(f"task_file: {name!r} is not a readable JSON plan ({error})")
+        return decode_json(raw, f"task_file {quote_cut(name)}")
+    except InvalidInputError as error:
+        problems.extend([error.message, *error.problems])
         return None
 
 
@@ -190,7 +210,9 @@ def _options(
 ) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     for key in sorted(set(options) - set(OPTION_KEYS)):
-        problems.append(f"options: unknown field {key!r} (accepted: {', '.join(OPTION_KEYS)})")
+        problems.append(
+            f"options: unknown field {quote_cut(key)} (accepted: {', '.join(OPTION_KEYS)})"
+        )
     for key in ("dry_run", "use_supervisor"):
         value = options.get(key)
         if value is not None and not isinstance(value, bool):
@@ -203,13 +225,22 @@ def _options(
     if isinstance(override, str):
         override = [override]
     if override is not None:
-        if not isinstance(override, list) or not all(isinstance(k, str) for k in override):
-            problems.append("options.override: expected a list of node keys")
+        if (
+            not isinstance(override, list)
+            or len(override) > MAX_ITEMS
+            or not all(isinstance(k, str) and len(k) <= 64 for k in override)
+        ):
+            problems.append(f"options.override: expected a list of node keys (at most {MAX_ITEMS})")
         else:
             changes["overrides"] = tuple(override)
     cost = options.get("max_cost_usd")
     if cost is not None:
-        if isinstance(cost, bool) or not isinstance(cost, int | float) or not cost >= 0:
+        if (
+            isinstance(cost, bool)
+            or not isinstance(cost, int | float)
+            or not math.isfinite(cost)
+            or not cost >= 0
+        ):
             problems.append("options.max_cost_usd: expected a number >= 0")
         else:
             changes["max_cost_usd"] = float(cost)
@@ -238,7 +269,7 @@ def _llm(
         where = f"options.llm.{role}"
         if role not in LLM_ROLES:
             problems.append(
-                f"options.llm: unknown role {role!r} (accepted: {', '.join(LLM_ROLES)})"
+                f"options.llm: unknown role {quote_cut(role)} (accepted: {', '.join(LLM_ROLES)})"
             )
             continue
         if not isinstance(spec, dict) or set(spec) - {"provider", "model"}:
@@ -248,7 +279,7 @@ def _llm(
         if provider is not None:
             if not isinstance(provider, str) or provider not in PROVIDER_NAMES:
                 problems.append(
-                    f"{where}.provider: unknown provider {provider!r} "
+                    f"{where}.provider: unknown provider {quote_cut(provider)} "
                     f"(accepted: {', '.join(PROVIDER_NAMES)})"
                 )
                 continue
@@ -258,8 +289,10 @@ def _llm(
                     f"(available: {', '.join(sorted(available))})"
                 )
                 continue
-        if model is not None and (not isinstance(model, str) or not model or len(model) > 200):
+        if model is not None and (not isinstance(model, str) or not model):
             problems.append(f"{where}.model: expected a model name")
+            continue
+        if model is not None and not check_text(model, f"{where}.model", MAX_MODEL, problems):
             continue
         entry = {k: v for k, v in (("provider", provider), ("model", model)) if v is not None}
         if entry:
@@ -271,6 +304,8 @@ def _text(data: dict[str, Any], options: dict[str, Any], name: str, problems: li
     value = data.get(name, options.get(name))
     if value is not None and not isinstance(value, str):
         problems.append(f"{name}: expected a string")
+        return None
+    if value is not None and not check_text(value, name, MAX_DESCRIPTION, problems):
         return None
     return value
 
@@ -286,4 +321,10 @@ def _acceptance(
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         problems.append("acceptance: expected a list of strings")
         return ()
-    return tuple(value)
+    if len(value) > MAX_ITEMS:
+        problems.append(f"acceptance: {len(value)} items (at most {MAX_ITEMS})")
+        return ()
+    before = len(problems)
+    for index, item in enumerate(value):
+        check_text(item, f"acceptance item {index + 1}", MAX_ITEM, problems)
+    return tuple(value) if len(problems) == before else ()

@@ -115,6 +115,25 @@ async def get_artifact(request: Request) -> Response:
     return render(data)
 
 
+def file_under(root: Path, relative: str) -> Path | None:
+    """The regular file `relative` names under `root`, or None when there is none.
+
+    Resolved real paths, not string prefixes: `..`, absolute paths and symlinks cannot
+    leave `root`. A path no file can have (a NUL, a name too long, a symlink loop) is
+    None too: for the client it is simply not there, never a server error.
+    """
+    if not relative or "\x00" in relative:
+        return None
+    try:
+        base = root.resolve()
+        real = (base / relative).resolve()
+        if real.is_relative_to(base) and real.is_file():
+            return real
+    except (OSError, ValueError, RuntimeError):
+        pass
+    return None
+
+
 @endpoint(
     "GET",
     "/artifacts/{artifact_id}/download",
@@ -127,10 +146,8 @@ async def get_artifact(request: Request) -> Response:
 )
 async def download_artifact(request: Request) -> Response:
     artifact = await _artifact(request)
-    root = Path(api_state(request).settings.runs_root).resolve()
-    # Resolved real paths, not string prefixes: `..` and symlinks cannot leave RUNS_ROOT.
-    real = (root / artifact.path).resolve()
-    if not real.is_relative_to(root) or not real.is_file():
+    real = file_under(Path(api_state(request).settings.runs_root), artifact.path)
+    if real is None:
         raise ApiError(404, "the artifact's file is not available", code="not_found")
     media_type = CONTENT_TYPES.get(real.suffix.lower())
     if media_type is None:
