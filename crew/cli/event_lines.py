@@ -1,14 +1,24 @@
 """How events are shown: one plain line for humans, one JSON object for machines.
 
 Shared by `crew run` (its progress on stderr) and `crew events tail`, so an event reads
-the same wherever it is seen.
+the same wherever it is seen. With LOG_FORMAT=json, `crew run` sends its progress
+through the log instead (`log_event`), so stderr holds nothing but JSON lines that a log
+shipper can read, each naming its run and node.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from crew.engine.journal import EngineEvent
+
+event_log = logging.getLogger("crew.events")
+progress_log = logging.getLogger("crew.run")
+LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
 def event_line(
@@ -53,3 +63,27 @@ def event_json(
         },
         ensure_ascii=False,
     )
+
+
+def log_event(event: EngineEvent) -> None:
+    """One log record for a run's event: `msg` is the event's human message, and the
+    record names the run, the node (None for run events), the event type and its id."""
+    level = LOG_LEVELS.get(event.level.value, logging.INFO)
+    if not event_log.isEnabledFor(level):
+        return
+    event_log.log(
+        level,
+        "%s",
+        event.message,
+        extra={
+            "run_id": event.run_id,
+            "node_key": event.node_key,
+            "event": event.type.value,
+            "event_id": event.id,
+        },
+    )
+
+
+def log_progress(text: str) -> None:
+    """A progress message of `crew run` that is not an event (planning, dry-run preview)."""
+    progress_log.info("%s", text)

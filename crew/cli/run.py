@@ -315,7 +315,10 @@ class _Progress:
         self.quiet = quiet
         self.json_output = json_output
         self.live: Any = None
-        self.tty = sys.stderr.isatty() and use_color(sys.stderr)
+        from crew.observability.logging import json_logs
+
+        self.json_logs = json_logs()  # LOG_FORMAT=json: progress goes through the log
+        self.tty = sys.stderr.isatty() and use_color(sys.stderr) and not self.json_logs
         self.preview_data: dict[str, Any] | None = None
         self.stderr_closed = False
 
@@ -330,6 +333,11 @@ class _Progress:
         only stdout's JSON or summary still counts, and the exit code says how it went.
         """
         if self.quiet or self.stderr_closed:
+            return
+        if self.json_logs:
+            from crew.cli.event_lines import log_progress
+
+            log_progress(text)
             return
         try:
             print(text, file=sys.stderr, flush=True)
@@ -349,6 +357,10 @@ class _Progress:
             return []
         if self.live is not None:
             return [self.live.listener]
+        if self.json_logs:
+            from crew.cli.event_lines import log_event
+
+            return [log_event]
         return [self._print_event]
 
     def _print_event(self, event: EngineEvent) -> None:

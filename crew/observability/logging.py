@@ -4,10 +4,13 @@ Configured by the commands (never at import, so `crew --help` pays nothing), onc
 process: one handler on the root logger writing to stderr, so crew's loggers, uvicorn's
 and the libraries' all come out the same way.
 
-- `json`: one object per line with `ts` (UTC, ISO 8601), `level`, `logger`, `msg`, the
-  ids of what the line is about — `request_id` in the API, `run_id` and `node_key` in
-  the engine (from crew.observability.context) — and any structured fields the call
-  passed (the access line adds `method`, `route`, `status`, `duration_ms`).
+- `json`: one object per line with `ts` (UTC, ISO 8601), `level`, `logger`, `msg`,
+  `run_id` and `node_key` (null when the line is about no run or node, so every line has
+  the same keys), `request_id` in the API, and any structured fields the call passed (the
+  access line adds `method`, `route`, `status`, `duration_ms`; a run's progress events,
+  logged by `crew run` under `crew.events`, add `event` and `event_id`). The ids come
+  from crew.observability.context unless the call names them itself, as the progress
+  events do: an event is about its own node whichever task reports it.
 - `text`: `LEVEL logger: message`, with the run and node ids appended when set.
 - Secrets never appear: every line goes through a Redactor holding the configured
   secret values (API_KEY, OPENAI_API_KEY, passwords in URLs) and the well-known secret
@@ -48,6 +51,10 @@ _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) 
 }
 
 
+_IDS = frozenset({"run_id", "node_key"})
+"""Fields a call may set itself (`extra=`), overriding the context's value."""
+
+
 class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever sys.stderr is at the time (test runners swap it)."""
 
@@ -81,10 +88,12 @@ class JsonFormatter(_Formatter):
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),
+            "run_id": None,
+            "node_key": None,
         }
         line.update(context.current())
         for key, value in record.__dict__.items():
-            if key not in _STANDARD and key not in line:
+            if key in _IDS or (key not in _STANDARD and key not in line):
                 line[key] = value
         error = self.error_text(record)
         if error:
@@ -97,7 +106,8 @@ class JsonFormatter(_Formatter):
 class TextFormatter(_Formatter):
     def format(self, record: logging.LogRecord) -> str:
         text = f"{record.levelname} {record.name}: {record.getMessage()}"
-        run_id, node_key = context.run_id.get(), context.node_key.get()
+        run_id = getattr(record, "run_id", None) or context.run_id.get()
+        node_key = getattr(record, "node_key", None) or context.node_key.get()
         if run_id and "run_id=" not in text:
             text += f" run_id={run_id}"
         if node_key and "node_key=" not in text:
@@ -126,3 +136,12 @@ def configure_logging(settings: Any, *, verbose: bool = False) -> logging.Handle
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(max(quiet, level))
     return handler
+
+
+def json_logs() -> bool:
+    """True when crew's handler is installed and writes JSON lines: progress that would
+    otherwise be printed as text then goes through the log as JSON too."""
+    for handler in logging.getLogger().handlers:
+        if handler.get_name() == HANDLER_NAME:
+            return isinstance(handler.formatter, JsonFormatter)
+    return False
