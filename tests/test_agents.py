@@ -150,7 +150,7 @@ async def test_manager_gives_up_with_plan_validation_error() -> None:
             dependents=DEPENDENTS,
             language="fr",
         )
-    assert caught.value.exit_code == 2
+    assert caught.value.exit_code == 4  # the model failed, not the input
     assert "'m'" in caught.value.message
     problems = "\n".join(caught.value.problems)
     assert "attempt 1" in problems and "no valid JSON object" in problems

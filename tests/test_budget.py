@@ -31,9 +31,9 @@ def test_no_limits_no_budget() -> None:
 
 async def test_token_reservations_count_calls_in_flight() -> None:
     req = request()
-    worst = prompt_tokens_worst(req) + 100  # 300 chars / 3 + 4 + 100
-    assert worst == 204
-    budget = RunBudget(max_tokens=450)
+    worst = prompt_tokens_worst(req) + 100  # 32 per request + (300 bytes + 8) + 100
+    assert worst == 440
+    budget = RunBudget(max_tokens=900)
     first = await budget.reserve(req, None)  # token budgets need no price
     await budget.reserve(req, None)
     assert budget.in_flight == 2
@@ -41,9 +41,10 @@ async def test_token_reservations_count_calls_in_flight() -> None:
         await budget.reserve(req, None)
     assert caught.value.payload() == {
         "budget": "tokens",
-        "limit": 450,
+        "limit": 900,
         "spent": 0,
-        "would_spend": 612,
+        "would_spend": 1320,
+        "overshoot": 0,
     }
     assert isinstance(caught.value, BudgetExceededError) and caught.value.exit_code == 3
     budget.settle(first, result(req, 80, 20, 0.0))
@@ -55,8 +56,8 @@ async def test_token_reservations_count_calls_in_flight() -> None:
 async def test_cost_reservation_and_settlement() -> None:
     budget = RunBudget(max_cost_usd=0.001, spent_cost_usd=0.0002)
     req = request(max_tokens=100)
-    token = await budget.reserve(req, PRICE)  # worst: 104 * 0.001/1k + 100 * 0.002/1k
-    assert budget.reserved_cost_usd == pytest.approx(0.000304)
+    token = await budget.reserve(req, PRICE)  # worst: 340 * 0.001/1k + 100 * 0.002/1k
+    assert budget.reserved_cost_usd == pytest.approx(0.00054)
     budget.settle(token, None)  # a failed call spends nothing
     assert budget.reserved_cost_usd == 0 and budget.spent_cost_usd == pytest.approx(0.0002)
     token = await budget.reserve(req, PRICE)

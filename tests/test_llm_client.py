@@ -19,6 +19,7 @@ from llm_servers import (
 )
 
 from crew.agents.goal import Goal
+from crew.agents.schemas import plan_schema
 from crew.agents.supervisor import Supervisor
 from crew.domain.errors import NoProviderAnsweredError, ProviderError
 from crew.domain.plan import LLMSpec
@@ -279,7 +280,8 @@ async def test_supervisor_reads_a_fenced_json_plan_through_openai(
         await registry.aclose()
     assert [n.id for n in result.plan.nodes] == ["a", "b"]
     body = openai_server.chat_requests()[0].json
-    assert body["response_format"] == {"type": "json_object"}
+    assert body["response_format"]["type"] == "json_schema"
+    assert body["response_format"]["json_schema"]["schema"] == plan_schema()
 
 
 # -- concurrency and cost --------------------------------------------------------------

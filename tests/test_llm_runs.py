@@ -124,7 +124,8 @@ def test_end_to_end_supervisor_run_against_the_openai_server(
     total = sum(s["cost_usd"] for s in found.values())
     assert summary["cost_usd"] == pytest.approx(total)
     supervisor_body = server.chat_requests()[0].json
-    assert supervisor_body["response_format"] == {"type": "json_object"}
+    assert supervisor_body["response_format"]["type"] == "json_schema"  # the plan's schema
+    assert supervisor_body["response_format"]["json_schema"]["name"] == "plan"
 
 
 def test_flags_node_llm_and_role_settings_reach_the_body(

@@ -3,7 +3,9 @@
 Answers use the prototype's format, `{"assignments": [{"node_id", "agent", "tooling"}],
 "quality_checks": [...], "integration_notes": "..."}`. An answer that names unknown
 nodes, misses some, or has no quality check goes back to the model with the problems
-listed (same repair loop as the supervisor), then fails with PlanValidationError.
+listed (same repair loop as the supervisor), then fails with ModelAnswerError. The
+answer is asked for with its JSON Schema (crew/agents/schemas.py); one cut off at
+max_tokens fails at once, naming MANAGER_MAX_TOKENS.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from crew.agents.answers import ModelAnswerError, log_raw_answer, truncated, truncation_problem
 from crew.agents.goal import Goal
 from crew.agents.json_extract import JSONExtractError, extract_json_object
 from crew.agents.prompts import bullets, check_language, render
 from crew.agents.roles import resolve_role
-from crew.domain.errors import PlanValidationError
+from crew.agents.schemas import manager_schema
 from crew.domain.plan import LLMSpec, NodeType, PlanNode
 from crew.llm.base import Message
 from crew.llm.client import CallResult, LLMClient
@@ -91,8 +94,16 @@ async def assign(
     calls: list[CallResult] = []
     reasons: list[str] = []
     attempts = max(1, client.settings.supervisor_max_attempts)
+    schema = manager_schema(expected)
     for attempt in range(1, attempts + 1):
-        call = await client.call("manager", agent, messages, wants_json=True, overrides=overrides)
+        call = await client.call(
+            "manager",
+            agent,
+            messages,
+            json_schema=schema,
+            schema_name="assignments",
+            overrides=overrides,
+        )
         calls.append(call)
         text = call.response.text
         try:
@@ -103,6 +114,12 @@ async def assign(
             assignments, problems = validate_answer(answer, expected)
             if not problems:
                 return ManagerResult(assignments, answer, calls, attempt)
+        log_raw_answer("manager", attempt, call)
+        if truncated(call):
+            raise ModelAnswerError(
+                f"manager node {manage_node.id!r}: the answer was cut off",
+                problems=[*reasons, f"attempt {attempt}: {truncation_problem(call, 'manager')}"],
+            )
         reasons.extend(f"attempt {attempt}: {problem}" for problem in problems)
         repair = render(
             language,
@@ -111,7 +128,7 @@ async def assign(
             expected=", ".join(expected) or "-",
         )
         messages = [*messages, Message("assistant", text), Message("user", repair)]
-    raise PlanValidationError(
+    raise ModelAnswerError(
         f"manager node {manage_node.id!r}: no valid assignments in {attempts} attempt(s)",
         problems=reasons,
     )

@@ -4,16 +4,24 @@ A bad answer is not retried blindly: the answer goes back to the model with the 
 list of problems (JSON syntax, missing fields, unknown deps, the cycle), up to
 SUPERVISOR_MAX_ATTEMPTS. The plan is kept as the model wrote it — a DAG with its
 types and roles — never flattened into a chain.
+
+The plan is asked for with its JSON Schema (crew/agents/schemas.py), which servers that
+enforce one turn into a grammar. An answer cut off at max_tokens ends the planning at
+once with the setting to raise (repairing it would be cut off the same way); a model
+that never produces a valid plan is a ModelAnswerError (exit 4), not invalid input.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from crew.agents.answers import ModelAnswerError, log_raw_answer, truncated, truncation_problem
 from crew.agents.goal import Goal
 from crew.agents.json_extract import JSONExtractError, extract_json_object
 from crew.agents.prompts import bullets, check_language, render, text_or_none
+from crew.agents.schemas import plan_schema
 from crew.domain.errors import PlanValidationError
 from crew.domain.plan import LLMSpec, Plan, parse_plan
 from crew.llm.base import Message
@@ -60,9 +68,15 @@ class Supervisor:
         calls: list[CallResult] = []
         reasons: list[str] = []
         attempts = max(1, self.settings.supervisor_max_attempts)
+        schema = plan_schema()
         for attempt in range(1, attempts + 1):
             call = await self.client.call(
-                "supervisor", "Supervisor", messages, wants_json=True, overrides=overrides
+                "supervisor",
+                "Supervisor",
+                messages,
+                json_schema=schema,
+                schema_name="plan",
+                overrides=overrides,
             )
             calls.append(call)
             text = call.response.text
@@ -72,6 +86,15 @@ class Supervisor:
                 problems = error.problems or [error.message]
             else:
                 return SupervisorResult(plan=plan, calls=calls, attempts=attempt)
+            log_raw_answer("supervisor", attempt, call)
+            if truncated(call):
+                raise ModelAnswerError(
+                    "the supervisor's plan was cut off",
+                    problems=[
+                        *reasons,
+                        f"attempt {attempt}: {truncation_problem(call, 'supervisor')}",
+                    ],
+                )
             reasons.extend(f"attempt {attempt}: {problem}" for problem in problems)
             messages = [
                 *messages,
@@ -85,8 +108,8 @@ class Supervisor:
                     ),
                 ),
             ]
-        raise PlanValidationError(
-            f"the supervisor did not produce a valid plan in {attempts} attempt(s)",
+        raise ModelAnswerError(
+            f"the supervisor's model did not produce a valid plan in {attempts} attempt(s)",
             problems=reasons,
         )
 
@@ -94,16 +117,31 @@ class Supervisor:
 def plan_from_answer(text: str, goal: Goal) -> Plan:
     """Extract and validate a plan; the goal's title, description and acceptance fill in.
 
-    Unknown keys such as the prototype's `decompose` flag are ignored.
+    Unknown keys such as the prototype's `decompose` flag are ignored, and a dependency
+    named twice is one dependency (a grammar-constrained answer cannot rule that out).
     """
     try:
         data = extract_json_object(text)
     except JSONExtractError as error:
         raise PlanValidationError("invalid plan", problems=[str(error)]) from None
-    plan = parse_plan(data, default_title=goal.title)
+    plan = parse_plan(_one_of_each_dep(data), default_title=goal.title)
     return Plan(
         title=plan.title,
         nodes=plan.nodes,
         description=goal.description or plan.description,
         acceptance=goal.acceptance or plan.acceptance,
     )
+
+
+def _one_of_each_dep(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with each node's `deps` listing every dependency once, in order."""
+    nodes = data.get("plan")
+    if not isinstance(nodes, list):
+        return data
+    cleaned: list[object] = []
+    for node in nodes:
+        deps = node.get("deps") if isinstance(node, dict) else None
+        if isinstance(deps, list) and all(isinstance(d, str | int) for d in deps):
+            node = {**node, "deps": list(dict.fromkeys(deps))}
+        cleaned.append(node)
+    return {**data, "plan": cleaned}

@@ -1,12 +1,19 @@
 """A run's cost and token budget, checked before every LLM call.
 
 Checking after the fact cannot keep a promise: by the time a call reports its usage the
-money is spent. So each call first *reserves* its worst case (its prompt, estimated
-generously, plus every token it may generate, at its model's price) and starts only if
-the run's spend, plus what calls in flight have reserved, plus this reservation, stays
+money is spent. So each call first *reserves* its worst case and starts only if the
+run's spend, plus what calls in flight have reserved, plus this reservation, stays
 within the limits. When the call ends, its reservation is replaced by its real usage.
-The overshoot is therefore bounded by how far calls in flight exceed their estimate,
-which for a token count that the server reports is nothing on the output side.
+
+The worst case is a bound, not an estimate: a prompt counts at most one token per UTF-8
+byte of its messages (every tokenizer crew meets — byte-level BPE, SentencePiece with
+byte fallback — turns each byte into at most one token), plus a fixed allowance per
+message and per request for the chat template's special tokens; the answer counts
+`max_tokens`. So a run only passes a limit when a server reports more than that bound
+(some answer a few tokens past `max_tokens`): the reported usage is what counts, the
+run stops as soon as it passes a limit — no call starts after that — and the excess is
+recorded as `overshoot` in BUDGET_EXCEEDED. The guarantee: spend ends at most the limit
+plus what the calls in flight at that moment used beyond their reservation.
 
 Once one call is refused the budget is spent for good: no later call starts, even a
 smaller one that would fit, so a run does not keep nibbling at the limit. Calls already
@@ -20,7 +27,6 @@ checkable.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -30,19 +36,19 @@ from crew.llm.base import LLMRequest
 from crew.llm.client import CallResult
 from crew.llm.pricing import Price, worst_case_cost
 
-CHARS_PER_TOKEN_WORST = 3
-"""Characters per token assumed when reserving a prompt: fewer than the usual four, so
-the reservation covers languages and texts that tokenize densely."""
+TOKENS_PER_MESSAGE = 8
+"""Chat-template tokens around one message (start and end markers, the role, the
+separator and a tokenizer's leading-space piece): the largest common templates use 5."""
 
-TOKENS_PER_MESSAGE = 4
-"""Per-message overhead of chat formats (role markers), added to the prompt estimate."""
+TOKENS_PER_REQUEST = 32
+"""Chat-template tokens around the whole conversation: the beginning-of-text token, the
+assistant's generation prompt, and the header some templates add to a system message."""
 
 
 def prompt_tokens_worst(request: LLMRequest) -> int:
-    """A generous estimate of the tokens a request's messages will count."""
-    return sum(
-        math.ceil(len(m.content) / CHARS_PER_TOKEN_WORST) + TOKENS_PER_MESSAGE
-        for m in request.messages
+    """The most tokens a request's prompt can count (see the module docstring)."""
+    return TOKENS_PER_REQUEST + sum(
+        len(m.content.encode("utf-8")) + TOKENS_PER_MESSAGE for m in request.messages
     )
 
 
@@ -57,12 +63,15 @@ class RunBudgetExceeded(BudgetExceededError):
         limit: float,
         spent: float,
         would_spend: float | None,
+        overshoot: float = 0,
     ) -> None:
         super().__init__(message)
         self.kind = kind
         self.limit = limit
         self.spent = spent
         self.would_spend = would_spend
+        self.overshoot = overshoot
+        """How far reported usage went past the limit (0 when a call was refused in time)."""
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -70,6 +79,7 @@ class RunBudgetExceeded(BudgetExceededError):
             "limit": self.limit,
             "spent": self.spent,
             "would_spend": self.would_spend,
+            "overshoot": self.overshoot,
         }
 
 
@@ -98,7 +108,9 @@ class RunBudget:
         self._open: dict[int, Reservation] = {}
         self._ids = itertools.count(1)
         self.exceeded: RunBudgetExceeded | None = None
-        """The first refusal; once set, every reservation is refused."""
+        """The first refusal or overshoot; once set, every reservation is refused."""
+        self._reported = False
+        self._check_overshoot()
 
     @classmethod
     def for_run(
@@ -149,6 +161,7 @@ class RunBudget:
                 limit=first.limit,
                 spent=first.spent,
                 would_spend=first.would_spend,
+                overshoot=first.overshoot,
             )
         tokens = prompt_tokens_worst(request) + request.max_tokens
         cost = 0.0
@@ -199,6 +212,43 @@ class RunBudget:
             return
         self.spent_tokens += result.response.input_tokens + result.response.output_tokens
         self.spent_cost_usd += result.cost_usd or 0.0
+        self._check_overshoot()
+
+    def claim_report(self) -> bool:
+        """True once, for whoever reports the budget as exceeded (one BUDGET_EXCEEDED per
+        run, whether a refusal or an overshoot found it first)."""
+        if self.exceeded is None or self._reported:
+            return False
+        self._reported = True
+        return True
+
+    def _check_overshoot(self) -> None:
+        """Reported usage past a limit ends the budget: nothing starts after that."""
+        if self.exceeded is not None:
+            return
+        if self.max_tokens is not None and self.spent_tokens > self.max_tokens:
+            over = self.spent_tokens - self.max_tokens
+            self.exceeded = RunBudgetExceeded(
+                f"token budget exceeded: the servers reported {self.spent_tokens} token(s), "
+                f"{over} past the limit of {self.max_tokens}; no new LLM call starts",
+                kind="tokens",
+                limit=self.max_tokens,
+                spent=self.spent_tokens,
+                would_spend=None,
+                overshoot=over,
+            )
+        elif self.max_cost_usd is not None and self.spent_cost_usd > self.max_cost_usd + 1e-12:
+            over_usd = round(self.spent_cost_usd - self.max_cost_usd, 9)
+            self.exceeded = RunBudgetExceeded(
+                f"cost budget exceeded: the reported usage cost ${self.spent_cost_usd:.6f}, "
+                f"${over_usd:.6f} past the limit of ${self.max_cost_usd:.6f}; no new LLM "
+                "call starts",
+                kind="cost",
+                limit=self.max_cost_usd,
+                spent=round(self.spent_cost_usd, 9),
+                would_spend=None,
+                overshoot=over_usd,
+            )
 
     def _refuse(
         self, message: str, *, kind: str, limit: float, spent: float, would_spend: float | None

@@ -4,6 +4,12 @@ Task and synthesis nodes call an executor and produce markdown; manage nodes cal
 manager, which assigns roles to the nodes that depend on them. Either way the node's
 files are written first and then its artifacts, usage, role changes, status and events
 are committed in one transaction: a node is never `completed` without its artifacts.
+
+An attempt that fails after its calls reached a server (answers that never validated,
+a provider that died mid-way) is recorded too, before the failure goes on to the
+scheduler: a sidecar listing the calls and tries (HTTP statuses, server messages), an
+LLM_CALL event per answered call, and their usage added to the node and the run. So the
+run's totals are always the sum of its calls (crew/engine/accounts.py checks it).
 """
 
 from __future__ import annotations
@@ -20,15 +26,17 @@ from crew.agents.goal import Goal
 from crew.agents.manager import assign
 from crew.agents.prompts import TEMPLATE_VERSION
 from crew.agents.roles import resolve_role
-from crew.domain.events import EventType
+from crew.domain.events import EventLevel, EventType
 from crew.domain.plan import NodeType, Plan
 from crew.domain.status import NodeStatus
+from crew.engine.budget import RunBudget
 from crew.engine.checksum import node_checksum
 from crew.engine.files import RunFiles, WrittenFile, artifact_row, to_json_text
 from crew.engine.journal import EngineEvent, Journal
 from crew.engine.options import RunOptions
-from crew.engine.sidecar import build_sidecar, usage_of
+from crew.engine.sidecar import build_sidecar, llm_call_fields, usage_of
 from crew.engine.state import NodeState
+from crew.llm import ledger
 from crew.llm.client import CallResult, LLMClient
 from crew.settings import Settings
 
@@ -84,6 +92,17 @@ class NodeWork:
         self.states: dict[str, NodeState] = {}
         self.journal: Journal | None = None
         self._fixed_material: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        self.provider_calls: dict[str, int] = {}
+        """Answered calls per provider in this execution (the summary shows them)."""
+        self.fallback_calls = 0
+        """How many of them a fallback provider answered."""
+
+    def count_calls(self, calls: Iterable[CallResult]) -> None:
+        """Count answered calls per provider, and those a fallback answered."""
+        for call in calls:
+            self.provider_calls[call.provider] = self.provider_calls.get(call.provider, 0) + 1
+            if call.fallback_from is not None:
+                self.fallback_calls += 1
 
     # -- resume ----------------------------------------------------------------------
 
@@ -134,12 +153,20 @@ class NodeWork:
         """Execute the node; `release` is called once its LLM calls have answered.
 
         `started` is the commit of the node's start, running alongside the LLM call;
-        the node's result is committed only after it.
+        the node's result is committed only after it. Calls made by an attempt that
+        then fails are recorded (`_record_failure`) before the failure propagates.
         """
-        if state.spec.type == NodeType.MANAGE:
-            await self._manage(state, started, release)
-        else:
-            await self._execute(state, started, release)
+        with ledger.recording() as book:
+            try:
+                if state.spec.type == NodeType.MANAGE:
+                    await self._manage(state, started, release)
+                else:
+                    await self._execute(state, started, release)
+            except Exception as failure:
+                reached = book.answered or any(f.reached_server for f in book.failed)
+                if reached and state.status != NodeStatus.COMPLETED:
+                    await self._record_failure(state, started, book, failure)
+                raise
 
     async def _execute(
         self, state: NodeState, started: Awaitable[Any], release: Callable[[], None]
@@ -283,6 +310,7 @@ class NodeWork:
         input_tokens, output_tokens, cost = usage_of(calls)
         now = datetime.now(UTC)
         events = [self._llm_event(state, call) for call in calls]
+        events.extend(self._overshoot_events(state))
         events.extend(extra_events)
         for written, kind in ((main, main_type), (sidecar, "sidecar")):
             events.append(
@@ -341,6 +369,90 @@ class NodeWork:
         await journal.commit(*events, apply=apply)
         state.status = NodeStatus.COMPLETED
         state.checksum = checksum
+        self.count_calls(calls)
+
+    async def _record_failure(
+        self,
+        state: NodeState,
+        started: Awaitable[Any],
+        book: ledger.CallLedger,
+        failure: Exception,
+    ) -> None:
+        """Record what a failed attempt spent: its sidecar (every call and try, with
+        HTTP statuses and server messages), LLM_CALL events, node and run usage.
+
+        The sidecar is an artifact row of the node, content included, so the failure's
+        details stay in the database, not only in events.
+        """
+        assert self.journal is not None
+        journal = self.journal
+        calls = list(book.answered)
+        error = str(failure) or type(failure).__name__
+        payload = build_sidecar(
+            run_id=self.run_id,
+            node_key=state.key,
+            role=state.role or self.role_kind(state),
+            operation="chat",
+            calls=calls,
+            prompt_max_chars=self.settings.sidecar_prompt_max_chars,
+            error=error,
+            failed=book.failed,
+        )
+        text = to_json_text(payload)
+        path = self.files.node_folder(state.key) / (
+            f"failed_{state.key}_attempt{state.attempts}.llm.json"
+        )
+        (written,) = await self.files.write_many([(path, text)])
+        input_tokens, output_tokens, cost = usage_of(calls)
+        events = [self._llm_event(state, call) for call in calls]
+        events.extend(self._overshoot_events(state))
+        events.append(
+            journal.event(
+                EventType.ARTIFACT_CREATED,
+                f"node {state.key} wrote {written.relative} (failed attempt {state.attempts})",
+                node_id=state.node_id,
+                node_key=state.key,
+                artifact_type="sidecar",
+                path=written.relative,
+                size=written.size,
+                sha256=written.sha256,
+            )
+        )
+        run_id, node_id = self.run_id, state.node_id
+        row = artifact_row(run_id, node_id, "sidecar", written, content=text, summary=error[:280])
+
+        async def apply(writer: Any) -> None:
+            await writer.add_artifacts([row])
+            if calls:
+                await writer.add_run_usage(run_id, input_tokens, output_tokens, cost)
+                # no other column: finish_node only adds this usage to the node's
+                await writer.finish_node(
+                    node_id, input_tokens=input_tokens, output_tokens=output_tokens, cost_usd=cost
+                )
+
+        await started
+        await journal.commit(*events, apply=apply)
+        self.count_calls(calls)
+
+    def _overshoot_events(self, state: NodeState) -> list[EngineEvent]:
+        """BUDGET_EXCEEDED, once per run, when this node's reported usage passed a limit."""
+        assert self.journal is not None
+        budget = self.client.budget
+        if not isinstance(budget, RunBudget) or budget.exceeded is None:
+            return []
+        if not budget.claim_report():
+            return []
+        exceeded = budget.exceeded
+        return [
+            self.journal.event(
+                EventType.BUDGET_EXCEEDED,
+                f"budget exceeded at node {state.key}: {exceeded.message}",
+                level=EventLevel.ERROR,
+                node_id=state.node_id,
+                node_key=state.key,
+                **exceeded.payload(),
+            )
+        ]
 
     def _llm_event(self, state: NodeState, call: CallResult) -> EngineEvent:
         assert self.journal is not None
@@ -350,13 +462,5 @@ class NodeWork:
             f"({call.response.input_tokens}+{call.response.output_tokens} tokens)",
             node_id=state.node_id,
             node_key=state.key,
-            provider=call.provider,
-            model=call.model,
-            response_model=call.response.model,
-            input_tokens=call.response.input_tokens,
-            output_tokens=call.response.output_tokens,
-            cost_usd=call.cost_usd,
-            latency_ms=round(call.response.latency_ms, 3),
-            attempts=call.attempts,
-            fallback_from=call.fallback_from,
+            **llm_call_fields(call),
         )
