@@ -7,9 +7,10 @@ reads the real thing the same way.
 
 Each server runs its own event loop in a background thread, so it serves a test's async
 client, a synchronous CLI runner and a subprocess alike. It is scriptable: queue `Reply`
-objects (status, headers, body, delay, dropped connection) with `enqueue`, or set
-`responder` to compute replies; with neither, chat calls succeed with a default answer.
-Every request is recorded (`requests`) with its headers and decoded JSON body.
+objects (status, headers, body, delay, dropped connection, an answer cut off after a few
+bytes) with `enqueue`, or set `responder` to compute replies; with neither, chat calls
+succeed with a default answer. Every request is recorded (`requests`) with its headers,
+decoded JSON body and the moment it arrived.
 
 Use as a context manager (`with OpenAIServer() as server:`) or through the
 `ollama_server` / `openai_server` fixtures (import them into a conftest).
@@ -43,7 +44,8 @@ class Reply:
     `body` None on a chat path means "the default success payload", customised with
     `content`, `model`, `finish_reason` and `usage`; any other body is sent as given (a
     dict/list as JSON, str/bytes raw). `delay_s` waits before answering; `drop` closes
-    the connection without answering.
+    the connection without answering; `cut_after` sends the status line, the headers
+    (with the full Content-Length) and only that many bytes of the body, then closes.
     """
 
     status: int = 200
@@ -55,6 +57,7 @@ class Reply:
     model: str | None = None
     finish_reason: str = "stop"
     usage: bool = True
+    cut_after: int | None = None
 
 
 @dataclass
@@ -64,6 +67,8 @@ class RecordedRequest:
     headers: dict[str, str]
     """Header names lower-cased."""
     raw_body: bytes
+    received_at: float = field(default_factory=time.monotonic)
+    """time.monotonic() when the request had been read (to check waits between tries)."""
 
     @property
     def json(self) -> Any:
@@ -244,6 +249,8 @@ class FakeLLMServer:
         head.extend(f"{k}: {v}" for k, v in extra_headers.items())
         keep_alive = headers.get("connection", "").lower() != "close"
         head.append("Connection: " + ("keep-alive" if keep_alive else "close"))
+        if reply is not None and reply.cut_after is not None:
+            keep_alive, data = False, data[: reply.cut_after]
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data)
         await writer.drain()
         return keep_alive
