@@ -3,6 +3,11 @@
 `--json` prints exactly the plan file format, so `crew plan --json > plan.json` feeds
 `crew run --task-file plan.json`. Only the LLM layer and the domain are imported: no
 database, no HTTP server.
+
+Every supervisor call is accounted for, whether planning succeeds or not: stderr says
+how many calls it took and what they spent, and with `--out FILE` their sidecar is
+written next to the plan (`FILE` without its suffix, plus `.llm.json`). A model that
+cannot produce a plan exits 4 (ModelAnswerError); `-v` logs its raw answers.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from crew.domain.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from crew.agents.supervisor import Goal, SupervisorResult
+    from crew.llm.ledger import CallLedger
     from crew.settings import Settings
 
 
@@ -94,17 +100,29 @@ def plan_command(
 
     import asyncio
 
-    result = asyncio.run(_plan(settings, goal))
+    from crew.domain.errors import CrewError
+    from crew.llm.ledger import recording
+
+    with recording() as book:
+        try:
+            result = asyncio.run(_plan(settings, goal))
+        except CrewError as error:
+            if book:
+                err_console_print(f"supervisor: {spend_line(book)}")
+                if out is not None:
+                    write_sidecar(out, book, settings, str(error))
+            raise
     call = result.calls[-1]
     err_console_print(
         f"plan: {len(result.plan.nodes)} nodes in {result.attempts} attempt(s) "
-        f"({call.provider}/{call.model})"
+        f"({call.provider}/{call.model}); {spend_line(book)}"
     )
     import json
 
     document = json.dumps(result.plan.to_dict(), ensure_ascii=False, indent=2) + "\n"
     if out is not None:
         write_atomic(out, document)
+        write_sidecar(out, book, settings, None)
         err_console_print(f"plan written to {out}")
     if chosen is PlanFormat.JSON:
         sys.stdout.write(document)
@@ -125,6 +143,38 @@ async def _plan(settings: Settings, goal: Goal) -> SupervisorResult:
         return await Supervisor(LLMClient(settings, registry), settings).plan(goal)
     finally:
         await registry.aclose()
+
+
+def spend_line(book: CallLedger) -> str:
+    """What the supervisor's calls spent, in one line."""
+    input_tokens, output_tokens, cost = book.usage()
+    failed = f", {len(book.failed)} failed" if book.failed else ""
+    shown = "unknown" if cost is None else f"${cost:.6f}"
+    return (
+        f"{len(book.answered)} call(s) answered{failed}, "
+        f"{input_tokens} in / {output_tokens} out tokens, cost {shown}"
+    )
+
+
+def write_sidecar(out: Path, book: CallLedger, settings: Settings, error: str | None) -> None:
+    """The supervisor's sidecar next to the plan file: every call, failed ones included."""
+    import json
+
+    from crew.engine.sidecar import build_sidecar
+
+    if not book:
+        return
+    sidecar = build_sidecar(
+        run_id="",
+        node_key=None,
+        role="Supervisor",
+        operation="chat",
+        calls=book.answered,
+        prompt_max_chars=settings.sidecar_prompt_max_chars,
+        error=error,
+        failed=book.failed,
+    )
+    write_atomic(out.with_suffix(".llm.json"), json.dumps(sidecar, ensure_ascii=False, indent=2))
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -82,6 +82,7 @@ def build_sidecar(
         "attempts": sum(c.attempts for c in calls) + sum(len(f.attempt_log) for f in failed),
         "calls": len(calls),
         "providers": providers,
+        "fallback_calls": sum(1 for c in calls if c.fallback_from is not None),
         "finish_reason": last.response.finish_reason if last else None,
         "fallback_from": last.fallback_from if last else None,
         "attempts_detail": [a.to_dict() for c in calls for a in c.attempt_log],

@@ -1,14 +1,24 @@
-"""The run summary: `summary.json`, the `crew run --json` object, the API's run totals."""
+"""The run summary: `summary.json`, the `crew run --json` object, the API's run totals.
+
+It says which providers answered the run's calls, and how many calls a fallback
+answered: a run answered partly by another provider than the one configured is a
+different run, and the summary must not hide it. The counts come from the run's
+sidecars (every answered call is in one, failed attempts and the supervisor included),
+so a resumed run counts its earlier sessions too.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from crew.domain.errors import CrewError
 from crew.domain.status import NodeStatus, RunStatus
 from crew.engine.state import NodeState
+from crew.llm.ledger import CallLedger
 
 
 def build_summary(
@@ -50,4 +60,60 @@ def build_summary(
         "cost_usd": None if run.cost_unknown else round(run.cost_usd, 8),
         "duration_ms": round((ended_at - started).total_seconds() * 1000, 1),
         "error": error,
+        **provider_counts(runs_root / run.id),
     }
+
+
+def provider_counts(folder: Path) -> dict[str, Any]:
+    """`providers` (answered calls per provider) and `fallback_calls` (how many of them a
+    fallback provider answered), from the sidecars under a run's folder."""
+    providers: dict[str, int] = {}
+    fallback = 0
+    for path in sorted(folder.rglob("*.llm.json")):
+        try:
+            sidecar = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # a sidecar being replaced, or not crew's: counts stay a lower bound
+        counts = sidecar.get("providers")
+        if not isinstance(counts, dict):  # written before sidecars had counts
+            provider = sidecar.get("provider")
+            counts = {provider: sidecar.get("calls", 1)} if isinstance(provider, str) else {}
+        for name, count in counts.items():
+            if isinstance(count, int):
+                providers[name] = providers.get(name, 0) + count
+        answered_by_fallback = sidecar.get("fallback_calls")
+        if isinstance(answered_by_fallback, int):
+            fallback += answered_by_fallback
+        elif sidecar.get("fallback_from"):
+            fallback += 1
+    return {"providers": providers, "fallback_calls": fallback}
+
+
+def failure_summary(
+    error: CrewError, run_id: str | None, spent: CallLedger | None = None
+) -> dict[str, Any]:
+    """The `crew run --json` object of a run that ended without a summary: planning that
+    failed (no run exists: `run_id` is None), or an interruption (exit 130).
+
+    `spent` holds the supervisor's calls, so a failed planning still shows what it
+    cost.
+    """
+    interrupted = error.exit_code == 130
+    summary: dict[str, Any] = {
+        "run_id": run_id,
+        "status": "interrupted" if interrupted else "failed",
+        "error": error.message,
+        "error_code": error.code,
+        "exit_code": error.exit_code,
+    }
+    if error.problems:
+        summary["problems"] = list(error.problems)
+    if spent is not None and spent.answered:
+        input_tokens, output_tokens, cost = spent.usage()
+        summary["supervisor"] = {
+            "calls": len(spent.answered),
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "cost_usd": None if cost is None else round(cost, 8),
+        }
+    return summary
