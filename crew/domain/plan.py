@@ -403,7 +403,7 @@ def _parse_llm(
     if isinstance(provider, str):
         # Settings accept provider names in any case; a plan file should too.
         provider = provider.strip().lower()
-    if provider is not None and provider not in providers:
+    if provider is not None and (not isinstance(provider, str) or provider not in providers):
         problems.append(
             f"{name}: unknown llm provider {quote_cut(provider)} "
             f"(accepted: {', '.join(sorted(providers))})"
