@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from crew.cli.gc import parse_duration
 from crew.cli.main import app
+from crew.engine import retention as engine_retention
 from crew.engine.retention import database_file_bytes
 from crew.settings import settings_from_values
 from crew.store import retention
@@ -330,3 +331,26 @@ def test_delete_run_over_the_api(db_url: str, tmp_path: Path) -> None:
         doc = client.get("/openapi.json").json()
         operation = doc["paths"]["/runs/{run_id}"]["delete"]
         assert set(operation["responses"]) >= {"200", "401", "404", "409", "503"}
+
+
+def test_a_busy_database_postpones_the_vacuum_but_not_the_deletion(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crew.domain.errors import DatabaseUnavailableError
+
+    async def busy(_engine: Any) -> bool:
+        raise DatabaseUnavailableError("database unavailable: database is locked")
+
+    async def seed(r: Any) -> None:
+        for _ in range(4):
+            await _seed(r, tmp_path, status="completed", ended=OLD, artifacts=6)
+
+    _run_sync(sqlite_url, tmp_path, seed)
+    monkeypatch.setattr(engine_retention, "VACUUM_MIN_RUNS", 2)  # a large deletion
+    monkeypatch.setattr(retention, "vacuum_sqlite", busy)
+    result = _gc(sqlite_url, tmp_path, monkeypatch, "--older-than", "7d", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["removed"] == 4
+    assert report["vacuum"]["ran"] is False
+    assert "VACUUM failed (database unavailable: database is locked)" in report["vacuum"]["reason"]

@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from crew.domain.errors import DatabaseUnavailableError
 from crew.domain.plan import is_valid_key
 from crew.store import retention
 from crew.store.database import SQLITE, sqlite_file
@@ -227,5 +228,10 @@ async def _maybe_vacuum(engine: AsyncEngine, removed: int, before: int) -> Vacuu
         reason = f"free pages are {free / size:.0%} of the file (>= {VACUUM_MIN_FREE_SHARE:.0%})"
     else:
         return Vacuum(False, f"only {free} bytes of free pages", before, size)
-    await retention.vacuum_sqlite(engine)
+    try:
+        await retention.vacuum_sqlite(engine)
+    except DatabaseUnavailableError as error:
+        # The rows are gone either way; a busy database only postpones the shrinking.
+        why = f"VACUUM failed ({error.message}); the next crew gc tries again"
+        return Vacuum(False, why, before, database_file_bytes(engine) or 0)
     return Vacuum(True, reason, before, database_file_bytes(engine) or 0)
