@@ -94,6 +94,17 @@ class Settings:
     tasks_rate_per_min: float = 60.0
     tasks_rate_burst: int = 10
     crew_execution: str = "local"
+    serve_embedded_worker: bool = True
+    run_lease_s: float = 15.0
+    run_max_recoveries: int = 3
+    worker_shutdown_grace_s: float = 30.0
+    worker_poll_s: float = 0.5
+    artifact_max_bytes: int = 8 * 1024 * 1024
+
+    @property
+    def embedded_worker(self) -> bool:
+        """Whether `crew serve` executes runs itself; CREW_EXECUTION=workers turns it off."""
+        return self.serve_embedded_worker and self.crew_execution != "workers"
 
     def role(self, name: str) -> RoleSettings:
         return self.roles.get(name, RoleSettings())
@@ -325,10 +336,29 @@ def settings_from_values(values: Mapping[str, str]) -> Settings:
         tasks_rate_per_min=r.get("TASKS_RATE_PER_MIN", _positive_float, 60.0, "a number > 0"),
         tasks_rate_burst=r.get("TASKS_RATE_BURST", _positive_int, 10, "an integer >= 1"),
         crew_execution=r.choice("CREW_EXECUTION", EXECUTION_MODES, "local"),
+        serve_embedded_worker=r.get(
+            "SERVE_EMBEDDED_WORKER", _bool, True, "1/0, true/false, yes/no"
+        ),
+        run_lease_s=r.get("RUN_LEASE_S", _lease_seconds, 15.0, "seconds >= 1"),
+        run_max_recoveries=r.get("RUN_MAX_RECOVERIES", _non_negative_int, 3, "an integer >= 0"),
+        worker_shutdown_grace_s=r.get(
+            "WORKER_SHUTDOWN_GRACE_S", _non_negative_float, 30.0, "a number of seconds >= 0"
+        ),
+        worker_poll_s=r.get("WORKER_POLL_S", _positive_float, 0.5, "a number of seconds > 0"),
+        artifact_max_bytes=r.get(
+            "ARTIFACT_MAX_BYTES", _positive_int, 8 * 1024 * 1024, "an integer >= 1 (bytes)"
+        ),
     )
     if r.errors:
         raise ConfigError("invalid configuration", problems=r.errors)
     return settings
+
+
+def _lease_seconds(value: str) -> float:
+    seconds = float(value)
+    if not seconds >= 1:  # also refuses NaN
+        raise ValueError(value)
+    return seconds
 
 
 def _provider(value: str) -> str:

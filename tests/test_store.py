@@ -21,6 +21,7 @@ from crew.domain.errors import (
 from crew.settings import Settings
 from crew.store import migrate
 from crew.store.database import create_engine, open_repository
+from crew.store.leases import Fence
 from crew.store.records import NewArtifact, NewEvent, NewNode, RunRecord
 from crew.store.repository import Repository
 
@@ -481,29 +482,35 @@ async def test_batch_rolls_back_on_exception(repo: Repository) -> None:
     assert await repo.list_events("run-1") == []
 
 
-async def test_claim_heartbeat_release(repo: Repository) -> None:
+async def test_claim_renew_release(repo: Repository) -> None:
     await make_run(repo)
     t0 = datetime(2024, 1, 1, 12, 0, tzinfo=UTC)
-    stale = timedelta(seconds=30)
-    assert await repo.claim_run("run-1", "worker-a", t0, t0 - stale)
-    # A live holder keeps the run; the holder itself may claim again.
-    assert not await repo.claim_run("run-1", "worker-b", t0 + timedelta(seconds=5), t0 - stale)
-    assert await repo.claim_run("run-1", "worker-a", t0 + timedelta(seconds=5), t0 - stale)
-    assert await repo.heartbeat("run-1", "worker-a", t0 + timedelta(seconds=10))
-    assert not await repo.heartbeat("run-1", "worker-b", t0 + timedelta(seconds=10))
+    lease = timedelta(seconds=15)
+    first = await repo.claim_run("run-1", "worker-a", t0, t0 + lease)
+    assert first is not None and first.generation == 1 and first.previous_owner is None
+    # A live lease keeps the run; its holder may claim again (a new generation).
+    assert await repo.claim_run("run-1", "worker-b", t0 + timedelta(seconds=5), t0) is None
+    again = await repo.claim_run("run-1", "worker-a", t0 + timedelta(seconds=5), t0 + lease)
+    assert again is not None and again.generation == 2
+    fence = Fence("run-1", "worker-a", 2)
+    held, cancel = await repo.renew_lease(fence, t0 + timedelta(seconds=10), t0 + 2 * lease)
+    assert held and cancel is None
+    stale_fence = Fence("run-1", "worker-a", 1)
+    assert (await repo.renew_lease(stale_fence, t0, t0 + lease))[0] is False
     run = await repo.get_run("run-1")
     assert run is not None
-    assert (run.owner, run.heartbeat_at) == ("worker-a", t0 + timedelta(seconds=10))
-    # Once the heartbeat is older than the staleness limit, another process takes over.
+    assert (run.owner, run.lease_expires_at) == ("worker-a", t0 + 2 * lease)
+    # Once the lease has run out, another executor takes over with a new generation.
     later = t0 + timedelta(minutes=5)
-    assert await repo.claim_run("run-1", "worker-b", later, later - stale)
-    assert not await repo.heartbeat("run-1", "worker-a", later)
+    taken = await repo.claim_run("run-1", "worker-b", later, later + lease)
+    assert taken is not None and taken.generation == 3 and taken.previous_owner == "worker-a"
+    assert (await repo.renew_lease(fence, later, later + lease))[0] is False
+    assert not await repo.holds_lease(fence)
     assert not await repo.release_run("run-1", "worker-a")
-    assert await repo.release_run("run-1", "worker-b")
+    assert await repo.release_run("run-1", "worker-b", 3)
     released = await repo.get_run("run-1")
-    assert released is not None and released.owner is None and released.heartbeat_at is None
-    assert await repo.claim_run("run-1", "worker-a", later, later - stale)
-    assert not await repo.claim_run("missing", "worker-a", later, later - stale)
+    assert released is not None and released.owner is None and released.lease_expires_at is None
+    assert await repo.claim_run("missing", "worker-a", later, later + lease) is None
 
 
 # ---- engines -----------------------------------------------------------------------------

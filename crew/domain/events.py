@@ -26,6 +26,8 @@ class EventType(StrEnum):
     RUN_CANCELED = "RUN_CANCELED"
     RUN_INTERRUPTED = "RUN_INTERRUPTED"
     RUN_RESUMED = "RUN_RESUMED"
+    RUN_RELEASED = "RUN_RELEASED"
+    """An executor shutting down gave the run back to the queue; another one continues it."""
 
 
 class EventLevel(StrEnum):

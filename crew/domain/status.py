@@ -38,3 +38,28 @@ TERMINAL_RUN_STATUSES = frozenset(
 TERMINAL_NODE_STATUSES = frozenset(
     {NodeStatus.COMPLETED, NodeStatus.FAILED, NodeStatus.SKIPPED, NodeStatus.CANCELED}
 )
+
+
+class EndReason(StrEnum):
+    """Why a run ended; stored on the run (`error_code`) and in summary.json.
+
+    The exit code of a finished run follows from it, so a later `crew run --resume` of
+    a run that already ended can still answer with the right one.
+    """
+
+    COMPLETED = "completed"
+    NODE_FAILED = "node_failed"
+    PROVIDER_UNAVAILABLE = "provider_unavailable"
+    BUDGET_EXCEEDED = "budget_exceeded"
+    CANCELED = "canceled"
+    INTERRUPTED = "interrupted"
+    TOO_MANY_RECOVERIES = "too_many_recoveries"
+
+
+class ResumeReason(StrEnum):
+    """Why an executor continued a run (RUN_RESUMED's `reason`)."""
+
+    MANUAL = "manual"
+    LEASE_EXPIRED = "lease_expired"
+    RELEASED = "released"
+    APPROVED = "approved"

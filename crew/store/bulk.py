@@ -28,6 +28,8 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, Table, bindparam, insert, null, update
 from sqlalchemy.sql.dml import UpdateBase
 
+from crew.domain.errors import LeaseLostError
+from crew.store.leases import Fence, event_lock_statement, fence_statement
 from crew.store.models import artifacts_table, events_table, nodes_table, runs_table
 from crew.store.records import ArtifactRecord, NewArtifact, NewEvent
 from crew.store.repository import _checked, _event_row, replaced_artifacts_statement, utcnow
@@ -173,6 +175,9 @@ class Sender(Protocol):
     def insert_events(self, rows: list[dict[str, Any]]) -> list[int]:
         """Insert event rows in order; returns their ids in the same order."""
 
+    def holds(self, fence: Fence) -> bool:
+        """Whether `fence` still holds its run's lease (and, where it matters, lock it)."""
+
 
 class ConnectionSender:
     """Sends through a SQLAlchemy connection (PostgreSQL, or SQLite without a writer)."""
@@ -185,9 +190,13 @@ class ConnectionSender:
     ) -> None:
         self._conn.execute(build(), rows)
 
+    def holds(self, fence: Fence) -> bool:
+        return self._conn.execute(fence_statement(fence)).first() is not None
+
     def insert_events(self, rows: list[dict[str, Any]]) -> list[int]:
         conn = self._conn
         if conn.dialect.name != "sqlite":
+            conn.execute(event_lock_statement([row["run_id"] for row in rows]))
             stmt = insert(events_table).returning(events_table.c.id, sort_by_parameter_order=True)
             return [int(event_id) for (event_id,) in conn.execute(stmt, rows)]
         # SQLite cannot promise RETURNING's order for a batch, so an ordered RETURNING
@@ -237,8 +246,17 @@ def _release_statement() -> UpdateBase:
     )
 
 
-def flush_segments(sender: Sender, segments: Sequence[Segment]) -> None:
-    """Send buffered segments in order, one statement per kind of change."""
+def flush_segments(sender: Sender, segments: Sequence[Segment], fence: Fence | None = None) -> None:
+    """Send buffered segments in order, one statement per kind of change.
+
+    With a fence, nothing is sent unless the fence still holds its run's lease: the
+    whole transaction is refused (LeaseLostError) and rolled back by the caller.
+    """
+    if fence is not None and not sender.holds(fence):
+        raise LeaseLostError(
+            f"run {fence.run_id}: this process ({fence.owner}) no longer holds the run's "
+            f"lease (generation {fence.generation}); another executor has taken it over"
+        )
     for segment in segments:
         _flush(sender, segment)
 

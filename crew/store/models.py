@@ -1,4 +1,4 @@
-"""The four tables of DESIGN §4 as SQLModel classes.
+"""The tables of DESIGN §4 as SQLModel classes.
 
 The repository queries them through SQLAlchemy Core (`Model.__table__`), not the ORM:
 rows are written and read in bulk, and Core skips identity-map bookkeeping we never use.
@@ -48,6 +48,7 @@ class Run(SQLModel, table=True):
         Index("ix_runs_started_at", "started_at"),
         Index("ix_runs_status_created_at", "status", "created_at"),
         Index("ix_runs_idempotency_key", "idempotency_key", unique=True),
+        Index("ix_runs_status_lease_expires_at", "status", "lease_expires_at"),
     )
 
     id: str = Field(sa_type=String(64), primary_key=True)
@@ -67,10 +68,20 @@ class Run(SQLModel, table=True):
         default=False, sa_type=Boolean(), sa_column_kwargs={"server_default": false()}
     )
     error: str | None = Field(default=None, sa_type=Text())
-    # The process executing the run and its last sign of life: lets another process tell
-    # a live run from a crashed one before resuming it.
+    # The lease: the executor holding the run, its last renewal, and when the lease runs
+    # out (then any executor may claim the run and resume it). Every claim bumps the
+    # generation; an owner's writes are fenced on (owner, generation).
     owner: str | None = Field(default=None, sa_type=String(255))
     heartbeat_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
+    lease_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
+    lease_generation: int = Field(default=0, sa_type=Integer(), sa_column_kwargs=_ZERO)
+    # Automatic takeovers of this run after its owner died (RUN_MAX_RECOVERIES bounds it).
+    recoveries: int = Field(default=0, sa_type=Integer(), sa_column_kwargs=_ZERO)
+    # Why the run ended (crew.domain.status.EndReason), kept so a later command can tell.
+    error_code: str | None = Field(default=None, sa_type=String(32))
+    # Budget reservations of the calls in flight, shared by every process acting on the run.
+    reserved_tokens: int = Field(default=0, sa_type=Integer(), sa_column_kwargs=_ZERO)
+    reserved_cost_usd: float = Field(default=0.0, sa_type=Float(), sa_column_kwargs=_ZERO)
     cancel_requested_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
     updated_at: datetime = Field(sa_type=UTCDateTime())
     # A digest of (API key, Idempotency-Key) for runs started by `POST /tasks`: a repeated
@@ -161,7 +172,30 @@ class Event(SQLModel, table=True):
     timestamp: datetime = Field(sa_type=UTCDateTime())
 
 
+class Worker(SQLModel, table=True):
+    """An executing process (`crew worker`, `crew serve`, a foreground `crew run`).
+
+    Rows are written by the process itself (register, heartbeat, deregister) and read
+    by operators; a row whose heartbeat is old belongs to a process that died.
+    """
+
+    __tablename__ = "workers"
+    __table_args__ = (Index("ix_workers_heartbeat_at", "heartbeat_at"),)
+
+    id: str = Field(sa_type=String(255), primary_key=True)
+    name: str = Field(sa_type=String(255))
+    kind: str = Field(sa_type=String(16))
+    host: str = Field(sa_type=String(255))
+    pid: int = Field(sa_type=Integer())
+    status: str = Field(sa_type=String(16))
+    max_runs: int = Field(default=1, sa_type=Integer(), sa_column_kwargs={"server_default": "1"})
+    runs_held: int = Field(default=0, sa_type=Integer(), sa_column_kwargs=_ZERO)
+    started_at: datetime = Field(sa_type=UTCDateTime())
+    heartbeat_at: datetime = Field(sa_type=UTCDateTime())
+
+
 runs_table = Run.__table__  # type: ignore[attr-defined]
 nodes_table = Node.__table__  # type: ignore[attr-defined]
 artifacts_table = Artifact.__table__  # type: ignore[attr-defined]
 events_table = Event.__table__  # type: ignore[attr-defined]
+workers_table = Worker.__table__  # type: ignore[attr-defined]

@@ -32,6 +32,12 @@ class RunRecord:
     cancel_requested_at: datetime | None
     updated_at: datetime
     idempotency_key: str | None = None
+    lease_expires_at: datetime | None = None
+    lease_generation: int = 0
+    recoveries: int = 0
+    error_code: str | None = None
+    reserved_tokens: int = 0
+    reserved_cost_usd: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +58,8 @@ class RunProgress:
     cost_usd: float
     cost_unknown: bool
     cancel_requested_at: datetime | None
+    owner: str | None = None
+    lease_generation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,3 +157,33 @@ class NewEvent:
     node_key: str | None = None
     request_id: str | None = None
     timestamp: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRecord:
+    id: str
+    name: str
+    kind: str
+    host: str
+    pid: int
+    status: str
+    max_runs: int
+    runs_held: int
+    started_at: datetime
+    heartbeat_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A run an executor now holds: the fencing token of its writes.
+
+    `previous_owner`/`previous_status` say what the run was before this claim: a
+    `running` run with another owner is a recovery (its lease expired).
+    """
+
+    run_id: str
+    owner: str
+    generation: int
+    previous_owner: str | None
+    previous_status: str
+    recoveries: int

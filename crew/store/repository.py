@@ -20,13 +20,13 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Delete, Table, bindparam, delete, insert, or_, select, true, update
+from sqlalchemy import Delete, Table, bindparam, delete, insert, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from crew.domain.errors import ConflictError
 from crew.store.errors import unavailable_on_failure
-from crew.store.lookups import Lookups
+from crew.store.leases import Fence, LeaseQueries, event_lock_statement
 from crew.store.models import artifacts_table, events_table, nodes_table, runs_table
 from crew.store.records import (
     ArtifactRecord,
@@ -74,7 +74,7 @@ def _status_filter(table: Table, when_status: str | Collection[str] | None) -> l
     return [table.c.status.in_(wanted)]
 
 
-class _Queries(Lookups):
+class _Queries(LeaseQueries):
     """The writes (the reads come from Lookups); subclasses say which connection (and
     transaction) they run on."""
 
@@ -90,8 +90,13 @@ class _Queries(Lookups):
         task_spec: Mapping[str, Any],
         request_id: str | None,
         nodes: Sequence[NewNode],
+        owner: str | None = None,
+        lease_expires_at: datetime | None = None,
     ) -> None:
-        """Insert a run and its nodes together; a taken run id raises ConflictError."""
+        """Insert a run and its nodes together; a taken run id raises ConflictError.
+
+        With an owner, the run is created already leased to it (generation 1).
+        """
         now = utcnow()
         async with self._connection() as conn:
             try:
@@ -100,7 +105,10 @@ class _Queries(Lookups):
                         id=run_id, title=title, status=status, created_at=now,
                         updated_at=now, request_id=request_id, options=dict(options),
                         task_spec=dict(task_spec), input_tokens=0, output_tokens=0,
-                        cost_usd=0.0, cost_unknown=False,
+                        cost_usd=0.0, cost_unknown=False, owner=owner,
+                        heartbeat_at=now if owner else None,
+                        lease_expires_at=lease_expires_at,
+                        lease_generation=1 if owner else 0,
                     )
                 )  # fmt: skip
             except IntegrityError:
@@ -154,51 +162,14 @@ class _Queries(Lookups):
             values["cost_usd"] = c.cost_usd + cost_usd
         await self._update(update(runs_table).where(c.id == run_id).values(values))
 
-    async def claim_run(
-        self, run_id: str, owner: str, now: datetime, stale_before: datetime
-    ) -> bool:
-        """Take ownership of a run if nobody live holds it; True when `owner` now holds it.
-
-        One conditional UPDATE, so two processes racing for the same run cannot both win.
-        A holder whose heartbeat is older than `stale_before` is presumed dead.
-        """
+    async def release_run(self, run_id: str, owner: str, generation: int | None = None) -> bool:
+        """Give the lease up (only if `owner`, at `generation` when given, still holds it)."""
         c = runs_table.c
-        free = or_(
-            c.owner.is_(None), c.owner == owner, c.heartbeat_at.is_(None),
-            c.heartbeat_at < stale_before,
-        )  # fmt: skip
-        stmt = update(runs_table).where(c.id == run_id, free)
-        return await self._update(stmt.values(owner=owner, heartbeat_at=now))
-
-    async def heartbeat(self, run_id: str, owner: str, now: datetime) -> bool:
-        """Refresh the claim; False means someone else took the run over."""
-        c = runs_table.c
-        stmt = update(runs_table).where(c.id == run_id, c.owner == owner)
-        return await self._update(stmt.values(heartbeat_at=now))
-
-    async def release_run(self, run_id: str, owner: str) -> bool:
-        c = runs_table.c
-        stmt = update(runs_table).where(c.id == run_id, c.owner == owner)
-        return await self._update(stmt.values(owner=None, heartbeat_at=None))
-
-    async def interrupt_stale_runs(self, stale_before: datetime, now: datetime) -> list[str]:
-        """Mark `running` runs whose owner stopped beating as `interrupted`; return their ids.
-
-        A conditional UPDATE per candidate, so when several readers notice the same dead
-        run at once exactly one of them changes it (and emits its event).
-        """
-        c = runs_table.c
-        dead = (c.status == "running", or_(c.heartbeat_at.is_(None), c.heartbeat_at < stale_before))
-        candidates = await self._all(select(c.id).where(*dead))
-        interrupted = []
-        for row in candidates:
-            stmt = update(runs_table).where(c.id == row["id"], *dead).values(
-                status="interrupted", ended_at=now, owner=None, heartbeat_at=None,
-                error="interrupted: the executing process stopped", updated_at=now,
-            )  # fmt: skip
-            if await self._update(stmt):
-                interrupted.append(row["id"])
-        return interrupted
+        where = [c.id == run_id, c.owner == owner]
+        if generation is not None:
+            where.append(c.lease_generation == generation)
+        stmt = update(runs_table).where(*where)
+        return await self._update(stmt.values(owner=None, heartbeat_at=None, lease_expires_at=None))
 
     async def delete_run(self, run_id: str) -> bool:
         """Delete a run; its nodes, artifacts and events go with it (ON DELETE CASCADE)."""
@@ -304,6 +275,7 @@ class _Queries(Lookups):
             node_id=node_id, node_key=node_key, request_id=request_id, timestamp=timestamp,
         )  # fmt: skip
         async with self._connection() as conn:
+            await lock_runs_for_events(conn, [run_id])
             result = await conn.execute(insert(events_table).values(_event_row(event)))
         key = result.inserted_primary_key
         if key is None:  # pragma: no cover - both drivers report the new id
@@ -317,8 +289,15 @@ class _Queries(Lookups):
         now = utcnow()
         stmt = insert(events_table).returning(events_table.c.id, sort_by_parameter_order=True)
         async with self._connection() as conn:
+            await lock_runs_for_events(conn, [e.run_id for e in events])
             result = await conn.execute(stmt, [_event_row(e, now) for e in events])
             return [int(row[0]) for row in result]
+
+
+async def lock_runs_for_events(conn: AsyncConnection, run_ids: Sequence[str]) -> None:
+    """On PostgreSQL, hold the runs' rows while adding their events (event_lock_statement)."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(event_lock_statement(run_ids))
 
 
 def _as_dict(record: ArtifactRecord) -> dict[str, Any]:
@@ -354,11 +333,12 @@ class Repository(_Queries):
         self._where = engine.url.render_as_string(hide_password=True)
 
     @asynccontextmanager
-    async def bulk(self) -> AsyncIterator[BulkWriter]:
+    async def bulk(self, fence: Fence | None = None) -> AsyncIterator[BulkWriter]:
         """Buffer writes, then send them as few statements in one transaction.
 
         Nothing is sent if the body raises. With a sync writer (SQLite files), the whole
-        transaction runs in one hop to its thread.
+        transaction runs in one hop to its thread. With a fence, the transaction commits
+        only while the fence still holds its run's lease (LeaseLostError otherwise).
         """
         from crew.store.bulk import BulkWriter, ConnectionSender, flush_segments
 
@@ -367,11 +347,11 @@ class Repository(_Queries):
         segments = writer.segments
         with unavailable_on_failure(self._where):
             if self._sync_writer is not None:
-                await self._sync_writer.run(lambda sender: flush_segments(sender, segments))
+                await self._sync_writer.run(lambda sender: flush_segments(sender, segments, fence))
             else:
                 async with self.engine.begin() as conn:
                     await conn.run_sync(
-                        lambda sync: flush_segments(ConnectionSender(sync), segments)
+                        lambda sync: flush_segments(ConnectionSender(sync), segments, fence)
                     )
 
     @asynccontextmanager

@@ -28,6 +28,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.dml import UpdateBase
 
 from crew.store.bulk import EVENT_COLUMNS, consecutive_ids, insert_statement
+from crew.store.leases import Fence
 from crew.store.models import events_table
 
 T = TypeVar("T")
@@ -77,6 +78,15 @@ class DriverSender:
         if compiled is None:
             compiled = self._statements[key] = CompiledStatement(build(), self._dialect)
         self._cursor.executemany(compiled.sql, compiled.parameters(rows))
+
+    def holds(self, fence: Fence) -> bool:
+        # BEGIN IMMEDIATE holds SQLite's only write lock: nobody can take the lease
+        # between this check and the commit.
+        row = self._cursor.execute(
+            "SELECT 1 FROM runs WHERE id = ? AND owner = ? AND lease_generation = ?",
+            (fence.run_id, fence.owner, fence.generation),
+        ).fetchone()
+        return row is not None
 
     def insert_events(self, rows: list[dict[str, Any]]) -> list[int]:
         self.send("events", lambda: insert_statement(events_table, EVENT_COLUMNS), rows)
