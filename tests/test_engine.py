@@ -32,8 +32,7 @@ from test_engine_support import (
 from crew.agents.prompts import render
 from crew.domain.errors import ConflictError, InvalidInputError
 from crew.engine.journal import EngineEvent
-from crew.engine.lifecycle import HEARTBEAT_STALE_S
-from crew.engine.service import execute_run, interrupt_stale_runs, request_cancel
+from crew.engine.service import execute_claimed, execute_run, request_cancel
 from crew.llm.base import LLMRequest
 
 SIDECAR_FIELDS = {
@@ -588,39 +587,47 @@ async def test_a_live_run_cannot_be_executed_twice(tmp_path: Path, sqlite_url: s
         assert provider.calls == 1
 
 
-async def _fake_dead_owner(h: Harness, run_id: str, beat: datetime) -> None:
-    """Leave `run_id` as a process that claimed it and last beat at `beat` would."""
-    assert await h.repo.claim_run(run_id, "ghost-host:4242:deadbeef", beat, beat)
-    await h.repo.update_run(run_id, status="running", started_at=beat)
+async def _fake_dead_owner(h: Harness, run_id: str, lease_until: datetime) -> None:
+    """Leave `run_id` as a process on another host that claimed it would, its lease
+    running out at `lease_until`."""
+    now = datetime.now(UTC)
+    claim = await h.repo.claim_run(run_id, "ghost-host:4242:deadbeef", now, lease_until)
+    assert claim is not None
+    await h.repo.update_run(run_id, status="running", started_at=now)
 
 
-async def test_stale_heartbeat_marks_the_run_interrupted(tmp_path: Path, db_url: str) -> None:
+async def test_a_run_whose_lease_expired_is_recovered(tmp_path: Path, db_url: str) -> None:
     async with harness(tmp_path, db_url) as h:
         now = datetime.now(UTC)
         stale = await h.create(plan_dict(n("a"), n("b", "a")), request_id="req-s")
         live = await h.create(plan_dict(n("a")))
-        await _fake_dead_owner(h, stale, now - timedelta(seconds=HEARTBEAT_STALE_S + 1))
-        await _fake_dead_owner(h, live, now)
+        await _fake_dead_owner(h, stale, now - timedelta(seconds=1))
+        await _fake_dead_owner(h, live, now + timedelta(seconds=60))
 
-        assert await interrupt_stale_runs(h.repo) == [stale]
-        assert await interrupt_stale_runs(h.repo) == []  # once only
-        with pytest.raises(ConflictError, match="ghost-host:4242"):
-            await h.resume(live)  # its owner still beats: refused, naming it
-        run = await h.repo.get_run(stale)
-        assert run is not None and run.status == "interrupted" and run.owner is None
-        events = await h.events(stale)
-        assert [e.type for e in events] == ["RUN_INTERRUPTED"]
-        assert events[0].payload == {
-            "run_id": stale,
-            "reason": "heartbeat lost",
-            "request_id": "req-s",
-        }
-        still = await h.repo.get_run(live)
-        assert still is not None and still.status == "running"
+        with pytest.raises(ConflictError, match="ghost-host:4242") as refused:
+            await h.resume(live)  # its lease still holds: refused, naming the holder
+        assert "on another host" in str(refused.value) and "lease runs out" in str(refused.value)
 
-        outcome = await h.resume(stale)
+        claim = await h.repo.claim_next_run("worker-1:1:w", now, now + timedelta(seconds=15))
+        assert claim is not None and claim.run_id == stale
+        assert claim.previous_owner == "ghost-host:4242:deadbeef"
+        assert claim.previous_status == "running" and claim.recoveries == 1
+        # the live run is nobody else's to take, and the stale one is taken now
+        assert await h.repo.claim_next_run("worker-2:2:w", now, now) is None
+
+        outcome = await execute_claimed(h.repo, h.settings, h.client, claim)
         assert outcome.status == "completed"
         assert calls_by_node(h.provider) == ["a", "b"]
+        resumed = [e for e in await h.events(stale) if e.type == "RUN_RESUMED"]
+        assert len(resumed) == 1
+        assert resumed[0].payload["reason"] == "lease_expired"
+        assert resumed[0].payload["previous_owner"] == "ghost-host:4242:deadbeef"
+        assert resumed[0].payload["request_id"] == "req-s"
+        run = await h.repo.get_run(stale)
+        assert run is not None and run.status == "completed" and run.owner is None
+        assert run.recoveries == 1
+        still = await h.repo.get_run(live)
+        assert still is not None and still.status == "running"
 
 
 async def test_a_process_that_lost_its_run_stops_executing(tmp_path: Path, sqlite_url: str) -> None:

@@ -234,19 +234,19 @@ class SlowBatches:
         return getattr(self._repo, name)
 
     @asynccontextmanager
-    async def _slow(self, name: str) -> AsyncIterator[Any]:
+    async def _slow(self, name: str, *args: Any) -> AsyncIterator[Any]:
         if self.slow_next:
             self.slow_next = False
             self.slow_entered.set()
             await asyncio.sleep(0.2)
-        async with getattr(self._repo, name)() as writer:
+        async with getattr(self._repo, name)(*args) as writer:
             yield writer
 
     def batch(self) -> Any:
         return self._slow("batch")
 
-    def bulk(self) -> Any:  # the write queue's transaction, when the repository has one
-        return self._slow("bulk")
+    def bulk(self, fence: Any = None) -> Any:  # the write queue's (fenced) transaction
+        return self._slow("bulk", fence)
 
 
 async def test_interrupt_while_a_completion_is_being_committed(

@@ -19,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from crew.domain.errors import CrewError
 from crew.domain.plan import is_valid_key
 from crew.store.records import NewArtifact
 
@@ -30,12 +31,20 @@ class WrittenFile:
     """Relative to RUNS_ROOT, with forward slashes: what the database stores."""
     sha256: str
     size: int
+    text: str = ""
+    """The content: the database keeps it too, as the truth any machine can read."""
+
+
+class ArtifactTooLargeError(CrewError):
+    """An output over ARTIFACT_MAX_BYTES: refused (the node fails), never truncated."""
 
 
 @dataclass(frozen=True, slots=True)
 class RunFiles:
     runs_root: Path
     run_id: str
+    max_bytes: int | None = None
+    """ARTIFACT_MAX_BYTES: a larger file is refused with ArtifactTooLargeError."""
 
     @property
     def folder(self) -> Path:
@@ -69,13 +78,38 @@ class RunFiles:
 
     def write_text(self, path: Path, text: str) -> WrittenFile:
         data = text.encode("utf-8")
+        if self.max_bytes is not None and len(data) > self.max_bytes:
+            relative = path.relative_to(self.runs_root).as_posix()
+            raise ArtifactTooLargeError(
+                f"{relative} would be {len(data):,} bytes, over ARTIFACT_MAX_BYTES "
+                f"({self.max_bytes:,}); raise the limit or ask for a shorter output"
+            )
         write_atomic(path, data)
         return WrittenFile(
             path=path,
             relative=path.relative_to(self.runs_root).as_posix(),
             sha256=hashlib.sha256(data).hexdigest(),
             size=len(data),
+            text=text,
         )
+
+    def restore(self, relative: str, content: str) -> bool:
+        """Write a file back from its database copy if it is missing or differs.
+
+        A run continued on another machine (its own RUNS_ROOT), or whose file someone
+        deleted, gets its local copy back; returns True when something was written.
+        """
+        path = self.runs_root / relative
+        if not path.resolve().is_relative_to(self.folder.resolve()):
+            raise ValueError(f"artifact path {relative!r} is outside run {self.run_id}")
+        data = content.encode("utf-8")
+        try:
+            if path.read_bytes() == data:
+                return False
+        except OSError:
+            pass
+        write_atomic(path, data)
+        return True
 
     def write_json(self, path: Path, payload: Any) -> WrittenFile:
         return self.write_text(path, to_json_text(payload))
@@ -122,13 +156,14 @@ def artifact_row(
     content: str | None = None,
     summary: str | None = None,
 ) -> NewArtifact:
-    """The database row describing a file just written."""
+    """The database row describing a file just written, with its content."""
     return NewArtifact(
         run_id=run_id,
         node_id=node_id,
         type=type,
         path=written.relative,
-        content=content,
+        # The file's own text when we have it: the row must restore the exact file.
+        content=written.text or content,
         summary=summary,
         sha256=written.sha256,
         size=written.size,

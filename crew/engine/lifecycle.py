@@ -12,28 +12,29 @@ import asyncio
 import logging
 import random
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from crew.domain.errors import LeaseLostError
 from crew.domain.events import EventLevel, EventType
 from crew.domain.plan import Plan
-from crew.domain.status import NodeStatus, RunStatus
+from crew.domain.status import EndReason, NodeStatus, ResumeReason, RunStatus
 from crew.engine.budget import RunBudget
 from crew.engine.files import RunFiles, WrittenFile, artifact_row
 from crew.engine.journal import EventListener, Journal
 from crew.engine.node_work import NodeWork
 from crew.engine.options import RunOptions
-from crew.engine.sidecar import build_sidecar, usage_of
 from crew.engine.state import NodeState
 from crew.engine.summary import build_summary
-from crew.llm.client import CallResult
+from crew.engine.write_queue import WriteQueue
+from crew.store.leases import Fence
+from crew.store.records import Claim
 
 log = logging.getLogger("crew.engine")
 
-HEARTBEAT_INTERVAL_S = 5.0
-"""How often the executing process proves it is alive; readers call a run stale after
-HEARTBEAT_STALE_S without a beat."""
-HEARTBEAT_STALE_S = 15.0
+DEFAULT_LEASE_S = 15.0
+"""How long a claim lasts without renewal (RUN_LEASE_S); the owner renews it three
+times per lease, so one late renewal does not lose the run."""
 
 
 def utcnow() -> datetime:
@@ -52,10 +53,11 @@ class RunLifecycle:
         plan: Plan,
         states: dict[str, NodeState],
         options: RunOptions,
-        owner: str,
+        claim: Claim,
         files: RunFiles,
         listeners: Sequence[EventListener] = (),
-        heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
+        lease_s: float = DEFAULT_LEASE_S,
+        heartbeat_interval_s: float | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.repo = repo
@@ -64,13 +66,21 @@ class RunLifecycle:
         self.plan = plan
         self.states = states
         self.options = options
-        self.owner = owner
+        self.claim = claim
+        self.owner = claim.owner
+        self.fence = Fence(claim.run_id, claim.owner, claim.generation)
         self.files = files
         self.listeners = listeners
-        self.heartbeat_interval_s = heartbeat_interval_s
+        self.lease_s = lease_s
+        self.heartbeat_interval_s = heartbeat_interval_s or lease_s / 3
         self.rng = rng or random.Random()
         self.dependents = plan.dependents()
-        self.journal: Journal | None = None
+        # Every write of this executor is fenced on its lease: once another executor
+        # holds the run, nothing more of ours commits.
+        self.queue = WriteQueue(repo, fence=self.fence, on_lease_lost=self._lease_lost)
+        self.journal = Journal(
+            run_id=run.id, request_id=run.request_id, queue=self.queue, listeners=listeners
+        )
         self._running: dict[asyncio.Task[bool], str] = {}
         # Nodes holding a concurrency slot: from their start until their LLM call has
         # answered. Writing a node's files and rows happens outside the slot, so the
@@ -83,12 +93,23 @@ class RunLifecycle:
         self._main_task: asyncio.Task[Any] | None = None
         self._cancel_requested = False
         self._ownership_lost = False
+        self._draining = False
+        """Set by `drain()`: no new node starts; the run goes back to the queue."""
         self._releasing = False
         """Set once this process starts recording the run's end (and releasing it)."""
         self.budget: RunBudget | None = None
         self._budget_reported = False
         self._unavailable: set[str] = set()
         """Nodes that failed because no LLM provider could answer (exit 4, not 1)."""
+
+    def _lease_lost(self, error: Exception) -> None:
+        """A fenced write found another owner: stop at once, writing nothing more."""
+        if self._ownership_lost:
+            return
+        log.warning("run %s: %s; this process stops executing it", self.run.id, error)
+        self._ownership_lost = True
+        if self._main_task is not None:
+            self._main_task.cancel()
 
     def request_cancel(self) -> None:
         """Stop the run as `canceled` (a user asked), not `interrupted` (a process stopped)."""
@@ -98,14 +119,14 @@ class RunLifecycle:
         if self._main_task is not None:
             self._main_task.cancel()
 
-    def _install_budget(self, resumed: bool, supervisor_calls: Sequence[CallResult]) -> None:
+    def _install_budget(self) -> None:
         """Every LLM call of this run goes through the run's budget (when it has one),
-        starting from what the run has spent so far."""
+        starting from what the run has spent so far (the supervisor's calls included:
+        they were stored with the run)."""
         self.budget = RunBudget.for_run(
             max_cost_usd=self.options.max_cost_usd,
             max_tokens=self.options.max_tokens,
             run=self.run,
-            calls=() if resumed else supervisor_calls,
         )
         if self.budget is not None:
             self.work.client = self.work.client.with_budget(self.budget)
@@ -113,9 +134,12 @@ class RunLifecycle:
     def _budget_spent(self) -> bool:
         return self.budget is not None and self.budget.exceeded is not None
 
-    async def _begin_start(self, supervisor_calls: Sequence[CallResult]) -> None:
-        """First start: RUN_STARTED, PLAN_CREATED, then the supervisor's call if any."""
-        assert self.journal is not None
+    async def _begin_start(self, supervisor: tuple[Any, dict[str, Any]] | None) -> None:
+        """First start: RUN_STARTED, PLAN_CREATED, then the supervisor's call if any.
+
+        The supervisor's sidecar and usage were stored with the run when it was created
+        (crew/engine/supervisor_record.py); this reports them.
+        """
         journal = self.journal
         ordered = sorted(self.states.values(), key=lambda s: s.position)
         events = [
@@ -126,12 +150,13 @@ class RunLifecycle:
                 nodes_total=len(ordered),
                 dry_run=self.options.dry_run,
                 max_concurrency=self.options.max_concurrency,
+                owner=self.owner,
             ),
             journal.event(
                 EventType.PLAN_CREATED,
                 f"plan with {len(ordered)} node(s)"
-                + (" from the supervisor" if supervisor_calls else ""),
-                source="supervisor" if supervisor_calls else "file",
+                + (" from the supervisor" if supervisor else ""),
+                source="supervisor" if supervisor else "file",
                 nodes=[
                     {
                         "key": s.key,
@@ -144,48 +169,37 @@ class RunLifecycle:
                 ],
             ),
         ]
-        sidecar = None
-        if supervisor_calls:
-            calls = list(supervisor_calls)
-            sidecar = self.files.write_json(
-                self.files.supervisor_sidecar(),
-                build_sidecar(
-                    run_id=self.run.id,
-                    node_key=None,
-                    role="Supervisor",
-                    operation="chat",
-                    calls=calls,
-                    prompt_max_chars=self.work.settings.sidecar_prompt_max_chars,
-                ),
-            )
-            last = calls[-1]
+        if supervisor is not None:
+            artifact, sidecar = supervisor
+            provider, model = sidecar.get("provider"), sidecar.get("model")
             events.append(
                 journal.event(
                     EventType.LLM_CALL,
-                    f"{last.provider}/{last.model} planned the run ({len(calls)} call(s))",
+                    f"{provider}/{model} planned the run",
                     role="Supervisor",
-                    provider=last.provider,
-                    model=last.model,
-                    response_model=last.response.model,
-                    input_tokens=sum(c.response.input_tokens for c in calls),
-                    output_tokens=sum(c.response.output_tokens for c in calls),
-                    cost_usd=usage_of(calls)[2],
-                    attempts=sum(c.attempts for c in calls),
+                    provider=provider,
+                    model=model,
+                    response_model=sidecar.get("response_model"),
+                    input_tokens=sidecar.get("input_tokens", 0),
+                    output_tokens=sidecar.get("output_tokens", 0),
+                    cost_usd=sidecar.get("cost_usd"),
+                    attempts=sidecar.get("attempts", 1),
+                    finish_reason=sidecar.get("finish_reason"),
+                    usage_estimated=sidecar.get("usage_estimated", False),
                 )
             )
             events.append(
                 journal.event(
                     EventType.ARTIFACT_CREATED,
-                    f"supervisor wrote {sidecar.relative}",
+                    f"supervisor wrote {artifact.path}",
                     artifact_type="sidecar",
-                    path=sidecar.relative,
-                    size=sidecar.size,
-                    sha256=sidecar.sha256,
+                    path=artifact.path,
+                    size=artifact.size,
+                    sha256=artifact.sha256,
                 )
             )
         now = utcnow()
         run_id = self.run.id
-        usage = usage_of(supervisor_calls) if supervisor_calls else None
 
         async def apply(writer: Any) -> None:
             await writer.update_run(
@@ -196,16 +210,17 @@ class RunLifecycle:
                 error=None,
                 cancel_requested_at=None,
             )
-            if sidecar is not None and usage is not None:
-                await writer.add_artifacts([artifact_row(run_id, None, "sidecar", sidecar)])
-                await writer.add_run_usage(run_id, *usage)
 
         await journal.commit(*events, apply=apply)
 
-    async def _begin_resume(self) -> None:
+    async def _begin_resume(self, reason: ResumeReason = ResumeReason.MANUAL) -> None:
         """Resume: nodes that did not complete go back to `pending`; completed ones are
-        re-checked against their checksum when they come up in the schedule."""
-        assert self.journal is not None
+        re-checked against their checksum when they come up in the schedule.
+
+        A run taken over automatically (its owner's lease expired, or the owner gave it
+        back on shutdown) keeps a cancel request made meanwhile; a person resuming it
+        by hand clears it.
+        """
         reset = [
             s
             for s in sorted(self.states.values(), key=lambda s: s.position)
@@ -224,17 +239,22 @@ class RunLifecycle:
             f"{len(self.states) - len(reset)} completed node(s) to re-check",
             reset_nodes=[s.key for s in reset],
             overrides=list(self.options.overrides),
+            reason=reason.value,
+            previous_owner=self.claim.previous_owner,
+            recoveries=self.claim.recoveries,
         )
+        columns: dict[str, Any] = {
+            "status": RunStatus.RUNNING.value,
+            "ended_at": None,
+            "error": None,
+            "error_code": None,
+            "options": stored_options,
+        }
+        if reason == ResumeReason.MANUAL:
+            columns["cancel_requested_at"] = None
 
         async def apply(writer: Any) -> None:
-            await writer.update_run(
-                run_id,
-                status=RunStatus.RUNNING.value,
-                ended_at=None,
-                error=None,
-                cancel_requested_at=None,
-                options=stored_options,
-            )
+            await writer.update_run(run_id, **columns)
             for node_id in ids:
                 await writer.update_node(
                     node_id, status=NodeStatus.PENDING.value, ended_at=None, error=None
@@ -243,20 +263,19 @@ class RunLifecycle:
         await self.journal.commit(event, apply=apply)
 
     async def _finish(self) -> dict[str, Any]:
-        assert self.journal is not None
         self._releasing = True
         failed = sorted(s.key for s in self.states.values() if s.status == NodeStatus.FAILED)
         budget_hit = self._budget_spent()
         status = RunStatus.FAILED if failed or budget_hit else RunStatus.COMPLETED
         error = f"{len(failed)} node(s) failed: {', '.join(failed)}" if failed else None
-        error_code = "node_failed" if failed else None
+        reason = EndReason.NODE_FAILED if failed else EndReason.COMPLETED
         if budget_hit:
-            error, error_code = "budget_exceeded", "budget_exceeded"
+            error, reason = "budget_exceeded", EndReason.BUDGET_EXCEEDED
         elif failed and set(failed) <= self._unavailable:
-            error_code = "provider_unavailable"
+            reason = EndReason.PROVIDER_UNAVAILABLE
+        error_code = None if reason == EndReason.COMPLETED else reason.value
         now = utcnow()
-        summary, written = await self._write_summary(status, now, error)
-        summary["error_code"] = error_code
+        summary, written = await self._write_summary(status, now, error, error_code)
         event_type = EventType.RUN_FAILED if status == RunStatus.FAILED else EventType.RUN_COMPLETED
         level = EventLevel.ERROR if status == RunStatus.FAILED else EventLevel.INFO
         message = f"run {status.value}" + (f": {error}" if error else "")
@@ -277,15 +296,25 @@ class RunLifecycle:
 
         async def apply(writer: Any) -> None:
             await writer.add_artifacts([artifact_row(run_id, None, "summary", written)])
-            await writer.update_run(run_id, status=status.value, ended_at=now, error=error)
+            await writer.update_run(
+                run_id, status=status.value, ended_at=now, error=error, error_code=error_code
+            )
             await writer.release_run(run_id, owner)
 
         await self.journal.commit(event, apply=apply)
         return summary
 
     async def _write_summary(
-        self, status: RunStatus, ended_at: datetime, error: str | None = None
+        self,
+        status: RunStatus,
+        ended_at: datetime,
+        error: str | None = None,
+        error_code: str | None = None,
     ) -> tuple[dict[str, Any], WrittenFile]:
+        # Outside the fenced queue, so a run whose lease was lost must not write the
+        # file either: its new owner writes its own.
+        if self._ownership_lost:
+            raise LeaseLostError(f"run {self.run.id}: lease lost; summary left to the new owner")
         run = await self.repo.get_run_progress(self.run.id)
         summary = build_summary(
             run=run,
@@ -296,16 +325,17 @@ class RunLifecycle:
             ended_at=ended_at,
             error=error,
         )
+        summary["error_code"] = error_code
         return summary, self.files.write_json(self.files.summary(), summary)
 
     async def _summary(self, status: RunStatus) -> dict[str, Any]:
         """The summary of a run that stopped early (also written to summary.json)."""
-        summary, _ = await self._write_summary(status, utcnow())
+        code = status.value if status in (RunStatus.CANCELED, RunStatus.INTERRUPTED) else None
+        summary, _ = await self._write_summary(status, utcnow(), error_code=code)
         return summary
 
     async def _stop(self, status: RunStatus) -> None:
         """Stop in-flight nodes and leave the run `interrupted` (resumable) or `canceled`."""
-        assert self.journal is not None
         self._releasing = True
         tasks = list(self._running)
         for task in tasks:
@@ -344,7 +374,12 @@ class RunLifecycle:
                     node_id, status=NodeStatus.CANCELED.value, ended_at=now, error=reason
                 )
             await writer.update_run(
-                run_id, status=status.value, ended_at=now, error=reason, cancel_requested_at=None
+                run_id,
+                status=status.value,
+                ended_at=now,
+                error=reason,
+                error_code=reason,
+                cancel_requested_at=None,
             )
             await writer.release_run(run_id, owner)
 
@@ -359,7 +394,6 @@ class RunLifecycle:
         """
         if not states:
             return []
-        assert self.journal is not None
 
         async def barrier(writer: Any) -> None:
             return None
@@ -380,25 +414,66 @@ class RunLifecycle:
         self._running.clear()
 
     async def _heartbeat(self) -> None:
-        """Prove this process is alive, and notice a cancel request made elsewhere.
+        """Renew the lease, and notice a cancel request made elsewhere.
 
         Its own short transaction, outside the write queue: a slow group commit must
-        not delay the beat that tells readers this run is still alive.
+        not delay the renewal that keeps other executors from taking the run over.
         """
-        run_id, owner = self.run.id, self.owner
         while True:
             await asyncio.sleep(self.heartbeat_interval_s)
-            if not await self.repo.heartbeat(run_id, owner, utcnow()):
+            now = utcnow()
+            held, cancel_requested_at = await self.repo.renew_lease(
+                self.fence, now, now + timedelta(seconds=self.lease_s)
+            )
+            if not held:
                 if self._releasing:  # our own release, not a takeover
                     return
-                # Someone else owns the run now: going on would execute it twice.
-                log.warning("run %s: another process took this run over; stopping", run_id)
-                self._ownership_lost = True
-                if self._main_task is not None:
-                    self._main_task.cancel()
+                # Someone else holds the run now: going on would execute it twice.
+                self._lease_lost(
+                    LeaseLostError(f"run {self.run.id}: another executor took the run over")
+                )
                 return
-            run = await self.repo.get_run_progress(run_id)
-            if run is not None and run.cancel_requested_at is not None:
+            if cancel_requested_at is not None:
                 self.request_cancel()
+
+    def drain(self) -> None:
+        """Shutting down: start no new node; the run goes back to the queue once the
+        nodes in flight are done (or cut short by the caller's grace period)."""
+        self._draining = True
+
+    async def _release_to_queue(self) -> None:
+        """Give the run back: unfinished nodes `pending`, the run `queued`, no owner.
+
+        What a deploy does to a run: nothing is lost and nobody has to resume it; the
+        next executor to claim it continues from the completed nodes.
+        """
+        self._releasing = True
+        tasks = list(self._running)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        in_flight = await self._still_unfinished([self.states[k] for k in self._running.values()])
+        self._running.clear()
+        for state in in_flight:
+            state.status = NodeStatus.PENDING
+        ids = [s.node_id for s in self.states.values() if s.status == NodeStatus.RUNNING]
+        ids += [s.node_id for s in in_flight]
+        run_id, owner = self.run.id, self.owner
+        event = self.journal.event(
+            EventType.RUN_RELEASED,
+            f"run released by {owner} (shutting down); another executor continues it",
+            level=EventLevel.WARNING,
+            owner=owner,
+            unfinished_nodes=[s.key for s in in_flight],
+        )
+
+        async def apply(writer: Any) -> None:
+            for node_id in ids:
+                await writer.update_node(node_id, status=NodeStatus.PENDING.value, ended_at=None)
+            await writer.update_run(run_id, status=RunStatus.QUEUED.value)
+            await writer.release_run(run_id, owner)
+
+        await self.journal.commit(event, apply=apply)
+        await self.repo.notify_run_queued(run_id)
 
     # -- scheduling ------------------------------------------------------------------

@@ -11,26 +11,22 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 from crew.domain.errors import (
     BudgetExceededError,
-    ConflictError,
     CrewError,
+    LeaseLostError,
     NoProviderAnsweredError,
     ProviderError,
 )
 from crew.domain.events import EventLevel, EventType
 from crew.domain.plan import NodeType
-from crew.domain.status import NodeStatus, RunStatus
+from crew.domain.status import NodeStatus, ResumeReason, RunStatus
 from crew.engine.backoff import retry_delay
 from crew.engine.budget import RunBudgetExceeded
-from crew.engine.journal import Journal
 from crew.engine.lifecycle import RunLifecycle, utcnow
 from crew.engine.state import NodeState
-from crew.engine.write_queue import WriteQueue
-from crew.llm.client import CallResult
 from crew.observability import context
 
 log = logging.getLogger("crew.engine")
@@ -40,44 +36,50 @@ class RunExecutor(RunLifecycle):
     """Runs (or resumes) one run that this process has claimed."""
 
     async def execute(
-        self, *, resumed: bool, supervisor_calls: Sequence[CallResult] = ()
+        self,
+        *,
+        resume_reason: ResumeReason | None,
+        supervisor: tuple[Any, dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
-        """Run to the end; returns the run summary.
+        """Run to the end; returns the run summary. `resume_reason` None: a first start.
 
-        A cancellation from outside (Ctrl-C, SIGTERM, a server shutting down) leaves the
-        run `interrupted` and propagates; a cancel request ends it `canceled` and returns.
+        A cancellation from outside (Ctrl-C, SIGTERM of `crew run`) leaves the run
+        `interrupted` and propagates; a cancel request ends it `canceled` and returns;
+        after `drain()` (an executor shutting down) the run goes back to the queue.
         """
         self._main_task = asyncio.current_task()
         context.run_id.set(self.run.id)  # log lines and error reports name the run
-        async with WriteQueue(self.repo) as queue:
-            self.journal = Journal(
-                run_id=self.run.id,
-                request_id=self.run.request_id,
-                queue=queue,
-                listeners=self.listeners,
-            )
+        async with self.queue:
             self.work.journal = self.journal
-            self._install_budget(resumed, supervisor_calls)
+            self._install_budget()
             heartbeat = asyncio.create_task(self._heartbeat(), name="crew-heartbeat")
             try:
-                if resumed:
-                    await self._begin_resume()
+                if resume_reason is not None:
+                    await self._begin_resume(resume_reason)
                 else:
-                    await self._begin_start(supervisor_calls)
+                    await self._begin_start(supervisor)
                 if self.options.dry_run:
                     await self._skip_all_for_dry_run()
                 else:
                     await self._schedule()
+                if self._draining and self._unfinished():
+                    await self._release_to_queue()
+                    return await self._summary(RunStatus.QUEUED)
                 return await self._finish()
             except asyncio.CancelledError:
                 if self._ownership_lost:
                     if self._main_task is not None:
                         self._main_task.uncancel()
                     await asyncio.shield(self._abandon())
-                    raise ConflictError(
-                        f"run {self.run.id} was taken over by another process (or declared "
-                        "interrupted after a missed heartbeat); this process stopped executing it"
+                    raise LeaseLostError(
+                        f"run {self.run.id} was taken over by another executor (this one "
+                        "lost its lease); this process stopped executing it"
                     ) from None
+                if self._draining:
+                    if self._main_task is not None:
+                        self._main_task.uncancel()
+                    await asyncio.shield(self._release_to_queue())
+                    return await self._summary(RunStatus.QUEUED)
                 if not self._cancel_requested:
                     await asyncio.shield(self._stop(RunStatus.INTERRUPTED))
                     raise
@@ -85,15 +87,32 @@ class RunExecutor(RunLifecycle):
                     self._main_task.uncancel()
                 await asyncio.shield(self._stop(RunStatus.CANCELED))
                 return await self._summary(RunStatus.CANCELED)
+            except LeaseLostError:
+                # A fenced write refused before the main task was told: same as above.
+                self._ownership_lost = True
+                await asyncio.shield(self._abandon())
+                raise
             finally:
                 heartbeat.cancel()
                 await asyncio.gather(heartbeat, return_exceptions=True)
 
+    def release_now(self) -> None:
+        """The shutdown grace period is over: stop the nodes in flight and give the run
+        back to the queue (their calls are made again by the next executor)."""
+        self._draining = True
+        if self._main_task is not None and not self._releasing:
+            self._main_task.cancel()
+
+    def _unfinished(self) -> bool:
+        return any(
+            s.status in (NodeStatus.PENDING, NodeStatus.RUNNING) for s in self.states.values()
+        )
+
     async def _budget_refused(self, state: NodeState, error: BudgetExceededError) -> None:
         """A node's call was refused: BUDGET_EXCEEDED (first time), the node is skipped."""
-        assert self.journal is not None
         state.status = NodeStatus.SKIPPED
-        if not self._budget_reported:
+        # the budget says whether a node already reported it (an overshoot: node_work.py)
+        if not self._budget_reported and (self.budget is None or self.budget.claim_report()):
             self._budget_reported = True
             details = error.payload() if isinstance(error, RunBudgetExceeded) else {}
             await self.journal.commit(
@@ -133,7 +152,12 @@ class RunExecutor(RunLifecycle):
     def _fill_slots(self) -> None:
         """Start ready nodes, in plan order, while a slot is free and the budget allows."""
         limit = max(1, self.options.max_concurrency)
-        while self._ready and len(self._calling) < limit and not self._budget_spent():
+        while (
+            self._ready
+            and len(self._calling) < limit
+            and not self._budget_spent()
+            and not self._draining
+        ):
             _, key = heapq.heappop(self._ready)
             state = self.states[key]
             if self.work.can_reuse(state, self.options.overrides):
@@ -158,7 +182,6 @@ class RunExecutor(RunLifecycle):
 
     async def _run_node(self, state: NodeState) -> bool:
         """Execute one node with retries; True when it completed."""
-        assert self.journal is not None
         context.node_key.set(state.key)  # this task's own context: only its lines
         attempt = 0
         while True:
@@ -229,7 +252,6 @@ class RunExecutor(RunLifecycle):
 
     def _mark_started(self, state: NodeState, attempt: int) -> asyncio.Task[Any]:
         """Queue the node's start (status, attempts, NODE_STARTED); returns its commit."""
-        assert self.journal is not None
         state.status = NodeStatus.RUNNING
         state.attempts += 1
         now = utcnow()
@@ -262,7 +284,6 @@ class RunExecutor(RunLifecycle):
         return self.journal.commit_soon(*events, apply=apply)
 
     async def _mark_failed(self, state: NodeState, error: str) -> None:
-        assert self.journal is not None
         state.status = NodeStatus.FAILED
         now = utcnow()
         node_id = state.node_id
@@ -288,7 +309,6 @@ class RunExecutor(RunLifecycle):
 
     async def _skip_descendants(self, failed_key: str) -> None:
         """Every node depending on `failed_key`, directly or not, is skipped with the reason."""
-        assert self.journal is not None
         to_skip: list[NodeState] = []
         stack = list(self.dependents[failed_key])
         seen: set[str] = set()
@@ -313,7 +333,6 @@ class RunExecutor(RunLifecycle):
         await self._skip(states, "dry run")
 
     async def _skip(self, states: list[NodeState], reason: str) -> None:
-        assert self.journal is not None
         now = utcnow()
         for state in states:
             state.status = NodeStatus.SKIPPED

@@ -8,31 +8,34 @@ processes from executing the same run.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from crew.agents.roles import resolve_role
-from crew.domain.errors import ConflictError, InvalidInputError, NotFoundError
+from crew.domain.errors import ConflictError, InvalidInputError, LeaseLostError, NotFoundError
 from crew.domain.events import EventLevel, EventType
 from crew.domain.plan import NodeType, Plan, is_valid_key, parse_plan
-from crew.domain.status import NodeStatus, RunStatus
+from crew.domain.status import EndReason, NodeStatus, ResumeReason, RunStatus
 from crew.engine.files import RunFiles
 from crew.engine.gc_policy import freeze_long_lived_objects
 from crew.engine.journal import EventListener
-from crew.engine.lifecycle import HEARTBEAT_INTERVAL_S, HEARTBEAT_STALE_S
 from crew.engine.node_work import NodeWork, render_manager_answer
 from crew.engine.options import RunOptions
 from crew.engine.runner import RunExecutor
 from crew.engine.state import NodeState
 from crew.engine.summary import build_summary
+from crew.engine.supervisor_record import record_supervisor_calls, stored_supervisor_sidecar
 from crew.llm.client import CallResult, LLMClient
 from crew.settings import Settings
+from crew.store.leases import Fence
+from crew.store.records import Claim
 
 MAIN_ARTIFACT_TYPES = ("markdown", "manager")
 
@@ -91,8 +94,16 @@ async def create_run(
     options: RunOptions,
     run_id: str | None = None,
     request_id: str | None = None,
+    owner: str | None = None,
+    supervisor: SupervisorCalls | None = None,
+    notify: bool = True,
 ) -> str:
-    """Store a new `queued` run with its nodes and write its plan.json; returns the id."""
+    """Store a new `queued` run with its nodes and write its plan.json; returns the id.
+
+    With `owner`, the new run is already leased to that process (a foreground `crew
+    run` about to execute it), so no worker takes it in between. The supervisor's calls
+    that produced the plan are stored with the run: whoever executes it reports them.
+    """
     from crew.store.records import NewNode
 
     if run_id is None:
@@ -114,6 +125,7 @@ async def create_run(
         )
         for position, node in enumerate(plan.nodes)
     ]
+    now = utcnow()
     await repo.create_run(
         run_id=run_id,
         title=plan.title,
@@ -122,39 +134,122 @@ async def create_run(
         task_spec=plan.to_dict(),
         request_id=request_id,
         nodes=nodes,
+        owner=owner,
+        lease_expires_at=lease_until(settings, now) if owner else None,
     )
-    RunFiles(settings.runs_root, run_id).write_json(
-        RunFiles(settings.runs_root, run_id).plan(), plan.to_dict()
-    )
+    files = RunFiles(settings.runs_root, run_id)
+    files.write_json(files.plan(), plan.to_dict())
+    if supervisor is not None and supervisor.calls:
+        await record_supervisor_calls(
+            repo, files, supervisor.calls, prompt_max_chars=settings.sidecar_prompt_max_chars
+        )
+    if owner is None and notify:
+        await repo.notify_run_queued(run_id)
     return run_id
 
 
-async def interrupt_stale_runs(repo: Any, now: datetime | None = None) -> list[str]:
-    """Mark runs whose executing process stopped beating as `interrupted`.
+RESUMABLE_BY_REQUEST = (
+    RunStatus.FAILED.value,
+    RunStatus.INTERRUPTED.value,
+    RunStatus.CANCELED.value,
+)
 
-    Any reader may call this; the conditional update makes sure only one of them wins
-    per run and emits its RUN_INTERRUPTED event.
+
+async def requeue_for_resume(repo: Any, run_id: str) -> None:
+    """Queue a failed, interrupted or canceled run again (a resume asked for through
+    the API); the executor that claims it resumes it (RUN_RESUMED, reason `manual`)."""
+    if not await repo.update_run(
+        run_id,
+        when_status=RESUMABLE_BY_REQUEST,
+        status=RunStatus.QUEUED.value,
+        owner=None,
+        lease_expires_at=None,
+        error_code=None,
+        cancel_requested_at=None,
+    ):
+        run = await repo.get_run(run_id)
+        if run is None:
+            raise NotFoundError(f"no run with id {run_id!r}")
+        raise ConflictError(
+            f"run {run_id} is {run.status}; only failed, interrupted or canceled runs "
+            "can be resumed"
+        )
+    await repo.notify_run_queued(run_id)
+
+
+def lease_until(settings: Settings, now: datetime) -> datetime:
+    return now + timedelta(seconds=settings.run_lease_s)
+
+
+def owner_alive(owner: str | None) -> bool | None:
+    """Whether the process named by an owner id is alive: None when it cannot be told
+    (another host), so only the lease's expiry decides."""
+    if not owner:
+        return False
+    host, _, rest = owner.partition(":")
+    pid_text = rest.split(":", 1)[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return None
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, it is just not ours
+        return True
+    return True
+
+
+async def claim_by_id(repo: Any, settings: Settings, run: Any, owner: str) -> Claim:
+    """Claim one run for this process, or say who holds it and until when.
+
+    A holder on this host whose process is gone does not make anyone wait for its lease
+    to run out: the run is taken from it at once.
     """
-    now = now or utcnow()
-    stale_before = now - timedelta(seconds=HEARTBEAT_STALE_S)
-    async with repo.batch() as writer:
-        run_ids: list[str] = await writer.interrupt_stale_runs(stale_before, now)
-        for run_id in run_ids:
-            run = await writer.get_run(run_id)
-            payload: dict[str, Any] = {"run_id": run_id, "reason": "heartbeat lost"}
-            if run is not None and run.request_id:
-                payload["request_id"] = run.request_id
-            await writer.add_event(
-                run_id=run_id,
-                type=EventType.RUN_INTERRUPTED.value,
-                level=EventLevel.WARNING.value,
-                message="run interrupted: its process stopped (no heartbeat for "
-                f"{HEARTBEAT_STALE_S:g}s); resume it with `crew run --resume {run_id}`",
-                payload=payload,
-                request_id=run.request_id if run is not None else None,
-                timestamp=now,
-            )
-    return run_ids
+    now = utcnow()
+    until = lease_until(settings, now)
+    claim: Claim | None = await repo.claim_run(run.id, owner, now, until)
+    if claim is not None:
+        return claim
+    current = await repo.get_run(run.id)
+    if current is None:
+        raise NotFoundError(f"no run with id {run.id!r}")
+    alive = owner_alive(current.owner)
+    if alive is False and current.owner:
+        claim = await repo.claim_run(
+            run.id, owner, now, until, dead_owner=(current.owner, current.lease_generation)
+        )
+        if claim is not None:
+            return claim
+        current = await repo.get_run(run.id) or current
+    expires = current.lease_expires_at
+    when = (
+        f"its lease runs out at {expires.isoformat(timespec='seconds')}"
+        if expires is not None
+        else "its lease has no expiry"
+    )
+    state = {True: "alive", None: "on another host", False: "no longer running"}[
+        owner_alive(current.owner)
+    ]
+    raise ConflictError(
+        f"run {run.id} is held by {current.owner} ({state}); {when}, and then a worker "
+        "or `crew run --resume` can continue it"
+    )
+
+
+def resume_reason_of(run: Any, claim: Claim, *, manual: bool) -> ResumeReason | None:
+    """How this execution continues the run; None for its first start."""
+    if run.status == RunStatus.QUEUED.value and run.started_at is None:
+        return None
+    if manual:
+        return ResumeReason.MANUAL
+    if claim.previous_status == RunStatus.RUNNING.value and claim.previous_owner != claim.owner:
+        return ResumeReason.LEASE_EXPIRED
+    # Queued again: given back by an executor that shut down (still unfinished), or a
+    # resume asked for through the API (the run had ended).
+    return ResumeReason.RELEASED if run.ended_at is None else ResumeReason.MANUAL
 
 
 async def execute_run(
@@ -166,45 +261,73 @@ async def execute_run(
     resume: bool = False,
     overrides: Sequence[str] = (),
     option_changes: dict[str, Any] | None = None,
-    supervisor: SupervisorCalls | None = None,
     listeners: Sequence[EventListener] = (),
-    heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
+    heartbeat_interval_s: float | None = None,
+    owner: str | None = None,
 ) -> RunOutcome:
-    """Claim the run and execute it to the end (or to an interruption)."""
-    await interrupt_stale_runs(repo)
+    """Claim the run by id and execute it to the end (or to an interruption)."""
     run = await repo.get_run(run_id)
     if run is None:
         raise InvalidInputError(f"no run with id {run_id!r}")
-    options = RunOptions.from_json(run.options)
-    changes = dict(option_changes or {})
-    if overrides:
-        changes["overrides"] = tuple(overrides)
-    if "llm" in changes:  # per role kind: changing the executor keeps a manager override
-        changes["llm"] = {**options.llm, **changes["llm"]}
-    if changes:
-        options = RunOptions.from_json({**options.to_json(), **changes})
-    plan = parse_plan(run.task_spec)
-    unknown = [key for key in overrides if key not in {n.id for n in plan.nodes}]
-    if unknown:
-        raise InvalidInputError(f"--override names unknown node(s): {', '.join(unknown)}")
     if not resume and run.status != RunStatus.QUEUED.value:
         raise ConflictError(f"run {run.id} is {run.status}, not queued; resume it instead")
     if resume and run.status == RunStatus.COMPLETED.value and not overrides:
         summary = await run_summary(repo, settings, run.id)
         return RunOutcome(run.id, RunStatus.COMPLETED, summary, already_completed=True)
+    owner = owner or new_owner()
+    claim = await claim_by_id(repo, settings, run, owner)
+    return await execute_claimed(
+        repo,
+        settings,
+        client,
+        claim,
+        manual=resume,
+        overrides=overrides,
+        option_changes=option_changes,
+        listeners=listeners,
+        heartbeat_interval_s=heartbeat_interval_s,
+    )
 
-    owner = new_owner()
-    now = utcnow()
-    if not await repo.claim_run(run.id, owner, now, now - timedelta(seconds=HEARTBEAT_STALE_S)):
-        current = await repo.get_run(run.id)
-        holder = current.owner if current is not None else "another process"
-        raise ConflictError(
-            f"run {run.id} is already being executed by {holder}; "
-            "wait for it to finish or stop that process"
-        )
+
+async def execute_claimed(
+    repo: Any,
+    settings: Settings,
+    client: LLMClient,
+    claim: Claim,
+    *,
+    manual: bool = False,
+    overrides: Sequence[str] = (),
+    option_changes: dict[str, Any] | None = None,
+    listeners: Sequence[EventListener] = (),
+    heartbeat_interval_s: float | None = None,
+    on_executor: Callable[[RunExecutor], None] | None = None,
+) -> RunOutcome:
+    """Execute a run this process holds the lease of (see `claim_by_id`, workers)."""
     try:
-        files = RunFiles(settings.runs_root, run.id)
-        states = await _load_states(repo, plan, run.id)
+        run = await repo.get_run(claim.run_id)
+        if run is None:
+            raise NotFoundError(f"no run with id {claim.run_id!r}")
+        reason = resume_reason_of(run, claim, manual=manual)
+        if reason == ResumeReason.LEASE_EXPIRED and claim.recoveries > settings.run_max_recoveries:
+            return await _fail_unrecoverable(repo, settings, run, claim)
+        options = RunOptions.from_json(run.options)
+        changes = dict(option_changes or {})
+        if overrides:
+            changes["overrides"] = tuple(overrides)
+        if "llm" in changes:  # per role kind: changing the executor keeps a manager override
+            changes["llm"] = {**options.llm, **changes["llm"]}
+        if changes:
+            options = RunOptions.from_json({**options.to_json(), **changes})
+        plan = parse_plan(run.task_spec)
+        unknown = [key for key in overrides if key not in {n.id for n in plan.nodes}]
+        if unknown:
+            raise InvalidInputError(f"--override names unknown node(s): {', '.join(unknown)}")
+        files = RunFiles(settings.runs_root, run.id, max_bytes=settings.artifact_max_bytes)
+        states, artifacts = await _load_states_and_artifacts(repo, plan, run.id)
+        # This machine may lack the run's files (another RUNS_ROOT), or someone deleted
+        # or changed one: the database copy is the truth.
+        await asyncio.to_thread(restore_files, files, plan, artifacts)
+        stored_supervisor = await stored_supervisor_sidecar(repo, files) if reason is None else None
         work = NodeWork(
             settings=settings,
             client=client,
@@ -221,25 +344,74 @@ async def execute_run(
             plan=plan,
             states=states,
             options=options,
-            owner=owner,
+            claim=claim,
             files=files,
             listeners=listeners,
+            lease_s=settings.run_lease_s,
             heartbeat_interval_s=heartbeat_interval_s,
         )
     except BaseException:
-        await repo.release_run(run.id, owner)
+        await repo.release_run(claim.run_id, claim.owner, claim.generation)
         raise
-    fresh = run.status == RunStatus.QUEUED.value and run.started_at is None
     freeze_long_lived_objects()
     _LOCAL_EXECUTORS[run.id] = executor
+    if on_executor is not None:
+        on_executor(executor)
     try:
-        summary = await executor.execute(
-            resumed=not fresh,
-            supervisor_calls=supervisor.calls if supervisor else [],
-        )
+        summary = await executor.execute(resume_reason=reason, supervisor=stored_supervisor)
     finally:
         _LOCAL_EXECUTORS.pop(run.id, None)
     return RunOutcome(run.id, RunStatus(summary["status"]), summary)
+
+
+async def _fail_unrecoverable(repo: Any, settings: Settings, run: Any, claim: Claim) -> RunOutcome:
+    """A run whose executors keep dying ends `failed` instead of crashing workers forever."""
+    now = utcnow()
+    error = (
+        f"too many recoveries: the run's executor stopped {claim.recoveries} time(s) "
+        f"(RUN_MAX_RECOVERIES={settings.run_max_recoveries}); resume it by hand once the "
+        "cause is fixed"
+    )
+    payload: dict[str, Any] = {
+        "run_id": run.id,
+        "status": RunStatus.FAILED.value,
+        "error": error,
+        "error_code": EndReason.TOO_MANY_RECOVERIES.value,
+        "recoveries": claim.recoveries,
+        "previous_owner": claim.previous_owner,
+    }
+    if run.request_id:
+        payload["request_id"] = run.request_id
+    async with repo.batch() as writer:
+        if not await writer.holds_lease(Fence(run.id, claim.owner, claim.generation)):
+            raise LeaseLostError(f"run {run.id}: lost its lease before it could be failed")
+        for node in await writer.list_nodes(run.id):
+            if node.status in (NodeStatus.RUNNING.value, NodeStatus.PENDING.value):
+                await writer.update_node(
+                    node.id,
+                    status=NodeStatus.CANCELED.value,
+                    ended_at=now,
+                    error="too many recoveries",
+                )
+        await writer.update_run(
+            run.id,
+            status=RunStatus.FAILED.value,
+            ended_at=now,
+            error=error,
+            error_code=EndReason.TOO_MANY_RECOVERIES.value,
+        )
+        await writer.release_run(run.id, claim.owner, claim.generation)
+        await writer.add_event(
+            run_id=run.id,
+            type=EventType.RUN_FAILED.value,
+            level=EventLevel.ERROR.value,
+            message=f"run failed: {error}",
+            payload=payload,
+            request_id=run.request_id,
+            timestamp=now,
+        )
+    summary = await run_summary(repo, settings, run.id)
+    return RunOutcome(run.id, RunStatus.FAILED, summary)
 
 
 async def request_cancel(repo: Any, run_id: str) -> RunStatus:
@@ -290,6 +462,14 @@ async def request_cancel(repo: Any, run_id: str) -> RunStatus:
 
 
 async def _load_states(repo: Any, plan: Plan, run_id: str) -> dict[str, NodeState]:
+    states, _ = await _load_states_and_artifacts(repo, plan, run_id)
+    return states
+
+
+async def _load_states_and_artifacts(
+    repo: Any, plan: Plan, run_id: str
+) -> tuple[dict[str, NodeState], list[Any]]:
+    """Each node's state, its output taken from the database (not from a local file)."""
     nodes = await repo.list_nodes(run_id)
     artifacts = await repo.list_artifacts(run_id=run_id)
     latest: dict[str, Any] = {}
@@ -315,7 +495,23 @@ async def _load_states(repo: Any, plan: Plan, run_id: str) -> dict[str, NodeStat
             output_sha=main.sha256 if main is not None else None,
             output_path=main.path if main is not None else None,
         )
-    return states
+    return states, artifacts
+
+
+def restore_files(files: RunFiles, plan: Plan, artifacts: Sequence[Any]) -> int:
+    """Write back every file of the run whose local copy is missing or differs from the
+    database's; returns how many were written."""
+    from crew.engine.files import to_json_text
+
+    restored = int(
+        files.restore(
+            files.plan().relative_to(files.runs_root).as_posix(), to_json_text(plan.to_dict())
+        )
+    )
+    for artifact in artifacts:
+        if artifact.content is not None and files.restore(artifact.path, artifact.content):
+            restored += 1
+    return restored
 
 
 async def run_summary(repo: Any, settings: Settings, run_id: str) -> dict[str, Any]:
@@ -325,7 +521,7 @@ async def run_summary(repo: Any, settings: Settings, run_id: str) -> dict[str, A
         raise InvalidInputError(f"no run with id {run_id!r}")
     plan = parse_plan(run.task_spec)
     states = await _load_states(repo, plan, run_id)
-    return build_summary(
+    summary = build_summary(
         run=run,
         status=RunStatus(run.status),
         states=states,
@@ -334,3 +530,5 @@ async def run_summary(repo: Any, settings: Settings, run_id: str) -> dict[str, A
         ended_at=run.ended_at or utcnow(),
         error=run.error,
     )
+    summary["error_code"] = run.error_code
+    return summary

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import fields
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 RUN_LIST_FIELDS = (
@@ -19,9 +19,28 @@ RUN_LIST_FIELDS = (
     "error",
 )
 HIDDEN_FIELDS = frozenset(
-    {"owner", "heartbeat_at", "claimed_by", "lease_expires_at", "idempotency_key"}
+    {
+        "heartbeat_at",
+        "claimed_by",
+        "idempotency_key",
+        "lease_generation",
+        "reserved_tokens",
+        "reserved_cost_usd",
+    }
 )
-"""Execution bookkeeping: meaningful to the engine, noise to a reader."""
+"""Execution bookkeeping: meaningful to the engine, noise to a reader. A run's owner,
+lease expiry and recoveries stay visible: operators need to see who holds what."""
+
+
+def lease_state(run: Any, now: datetime | None = None) -> str:
+    """`held` (an executor holds the run), `expired` (its executor stopped: a worker
+    will take it over) or `free` (nobody holds it)."""
+    if getattr(run, "owner", None) is None:
+        return "free"
+    expires = getattr(run, "lease_expires_at", None)
+    if expires is None or expires < (now or datetime.now(UTC)):
+        return "expired"
+    return "held"
 
 
 def jsonable(record: Any, *, only: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -46,4 +65,17 @@ def run_list_item(run: Any, counts: dict[str, int]) -> dict[str, Any]:
         "total": sum(counts.values()),
         **{status: counts.get(status, 0) for status in ("completed", "failed", "skipped")},
     }
+    return item
+
+
+def worker_item(worker: Any, runs: list[str], lease_s: float) -> dict[str, Any]:
+    """A registered executor for `crew workers list` and `GET /workers`.
+
+    `alive` is false once it has missed two lease periods of heartbeats: it died
+    without deregistering, and its runs are (or will be) taken over.
+    """
+    item = jsonable(worker)
+    silent_for = (datetime.now(UTC) - worker.heartbeat_at).total_seconds()
+    item["alive"] = silent_for <= 2 * lease_s
+    item["runs"] = runs
     return item

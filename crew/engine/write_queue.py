@@ -9,6 +9,10 @@ burst of N completions costs one commit instead of N.
 
 If a group fails, its operations are retried one per transaction so one bad operation
 cannot fail the others, and its own caller gets the error.
+
+Fencing: an executor's queue carries its lease (a Fence). Every transaction checks it
+first; once the lease is lost, nothing more is written: the group's callers and every
+later caller get LeaseLostError, and `on_lease_lost` tells the executor to stop.
 """
 
 from __future__ import annotations
@@ -17,22 +21,35 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
+from crew.domain.errors import LeaseLostError
+from crew.store.leases import Fence
+
 T = TypeVar("T")
 
 
 class BatchSource(Protocol):
     """Anything that opens a buffered transaction yielding a writer (the repository does)."""
 
-    def bulk(self) -> Any: ...
+    def bulk(self, fence: Fence | None = None) -> Any: ...
 
 
 Operation = Callable[[Any], Awaitable[Any]]
 
 
 class WriteQueue:
-    def __init__(self, source: BatchSource, *, max_group: int = 500) -> None:
+    def __init__(
+        self,
+        source: BatchSource,
+        *,
+        max_group: int = 500,
+        fence: Fence | None = None,
+        on_lease_lost: Callable[[LeaseLostError], None] | None = None,
+    ) -> None:
         self._source = source
         self._max_group = max_group
+        self._fence = fence
+        self._on_lease_lost = on_lease_lost
+        self._lost: LeaseLostError | None = None
         self._pending: list[tuple[Operation, asyncio.Future[Any]]] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -67,6 +84,9 @@ class WriteQueue:
         if self._closed:
             raise RuntimeError("write queue is closed")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        if self._lost is not None:
+            future.set_exception(self._lost)
+            return future
         self._pending.append((operation, future))
         self._wakeup.set()
         return future
@@ -86,11 +106,18 @@ class WriteQueue:
                 return
 
     async def _commit_group(self, group: list[tuple[Operation, asyncio.Future[Any]]]) -> None:
+        if self._lost is not None:
+            self._refuse(group, self._lost)
+            return
         results: list[Any] = []
         try:
-            async with self._source.bulk() as writer:
+            async with self._source.bulk(self._fence) as writer:
                 for operation, _ in group:
                     results.append(await operation(writer))
+        except LeaseLostError as lost:
+            self._lose(lost)
+            self._refuse(group, lost)
+            return
         except Exception:
             if len(group) == 1:
                 _, future = group[0]
@@ -103,10 +130,33 @@ class WriteQueue:
             if not future.done():
                 future.set_result(result)
 
+    def _lose(self, lost: LeaseLostError) -> None:
+        """The lease is gone: refuse everything from now on, and tell the executor once."""
+        if self._lost is not None:
+            return
+        self._lost = lost
+        self._refuse(self._pending, lost)
+        self._pending.clear()
+        if self._on_lease_lost is not None:
+            self._on_lease_lost(lost)
+
+    @staticmethod
+    def _refuse(group: list[tuple[Operation, asyncio.Future[Any]]], error: Exception) -> None:
+        for _, future in group:
+            if not future.done():
+                future.set_exception(error)
+
     async def _run_alone(self, operation: Operation, future: asyncio.Future[Any]) -> None:
+        if self._lost is not None:
+            self._refuse([(operation, future)], self._lost)
+            return
         try:
-            async with self._source.bulk() as writer:
+            async with self._source.bulk(self._fence) as writer:
                 result = await operation(writer)
+        except LeaseLostError as lost:
+            self._lose(lost)
+            self._refuse([(operation, future)], lost)
+            return
         except Exception as error:  # delivered to the caller that queued it
             if not future.done():
                 future.set_exception(error)

@@ -1,0 +1,277 @@
+"""An executor process's loop: claim runs, execute them, renew, give them back on shutdown.
+
+Used by `crew worker` and by the worker embedded in `crew serve`. Scale-out is across
+runs: each claimed run is executed by today's engine in its own task (its nodes run
+concurrently inside it), at most `max_runs` at once.
+
+Wake-ups: a run queued by this process (`wake()`), a PostgreSQL NOTIFY from another
+process (crew/store/notify.py), a run of ours finishing, or the polling interval
+(WORKER_POLL_S: the fallback, and the only way on SQLite). Polling also finds runs
+whose owner died once their lease has run out: that is how recovery happens.
+
+Shutdown: `shutdown()` (first SIGTERM/SIGINT) stops claiming and lets the runs in
+flight go on for WORKER_SHUTDOWN_GRACE_S; each run whose nodes are all done by then
+finishes normally, the others are released back to `queued` (RUN_RELEASED), so a deploy
+loses nothing and nobody has to resume anything. `abort()` (a second signal) releases
+at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from crew.domain.errors import CrewError, LeaseLostError
+from crew.domain.status import RunStatus
+from crew.engine.lifecycle import utcnow
+from crew.engine.runner import RunExecutor
+from crew.engine.service import execute_claimed, lease_until, new_owner
+from crew.llm.client import LLMClient
+from crew.settings import Settings
+from crew.store.records import Claim, WorkerRecord
+
+log = logging.getLogger("crew.worker")
+
+FORGET_WORKERS_AFTER = timedelta(days=1)
+"""Registry rows of processes silent for this long (they died unregistered) are removed."""
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """What this worker did, for `--once` output, tests and benchmarks."""
+
+    claimed: int = 0
+    recovered: int = 0
+    finished: dict[str, int] = field(default_factory=dict)
+    released: int = 0
+
+
+class Worker:
+    def __init__(
+        self,
+        repo: Any,
+        settings: Settings,
+        client: LLMClient,
+        *,
+        name: str | None = None,
+        kind: str = "worker",
+        max_runs: int = 1,
+        listeners: Callable[[], Sequence[Any]] = list,
+        on_claim: Callable[[Claim], None] | None = None,
+        on_counts: Callable[[dict[str, int]], None] | None = None,
+    ) -> None:
+        self.repo = repo
+        self.settings = settings
+        self.client = client
+        self.id = new_owner()
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.kind = kind
+        self.max_runs = max(1, max_runs)
+        self._listeners = listeners
+        self._on_claim = on_claim
+        self._on_counts = on_counts
+        self.stats = WorkerStats()
+        self._active: dict[str, asyncio.Task[None]] = {}
+        self._executors: dict[str, RunExecutor] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._aborted = False
+        self._started = asyncio.Event()
+        self._once = False
+
+    # ---- control ----------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Look for claimable runs now (a run was queued, or a NOTIFY arrived)."""
+        self._wake.set()
+
+    def shutdown(self) -> None:
+        """Stop claiming; runs in flight get the grace period, then go back to the queue."""
+        if self._stopping:
+            return
+        self._stopping = True
+        for executor in self._executors.values():
+            executor.drain()
+        self._wake.set()
+
+    def abort(self) -> None:
+        """Release every run now (a second signal)."""
+        self._aborted = True
+        self.shutdown()
+        for executor in list(self._executors.values()):
+            executor.release_now()
+
+    @property
+    def runs_held(self) -> int:
+        return len(self._active)
+
+    @property
+    def active_runs(self) -> frozenset[str]:
+        return frozenset(self._active)
+
+    async def started(self) -> None:
+        await self._started.wait()
+
+    # ---- the loop -----------------------------------------------------------------------
+
+    async def run(self, *, once: bool = False) -> WorkerStats:
+        """Claim and execute runs until `shutdown()` (or, with `once`, the queue is empty)."""
+        now = utcnow()
+        await self.repo.register_worker(
+            WorkerRecord(
+                id=self.id,
+                name=self.name,
+                kind=self.kind,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                status="running",
+                max_runs=self.max_runs,
+                runs_held=0,
+                started_at=now,
+                heartbeat_at=now,
+            )
+        )
+        await self.repo.forget_workers_before(now - FORGET_WORKERS_AFTER)
+        beat = asyncio.create_task(self._registry_heartbeat(), name="crew-worker-heartbeat")
+        self._started.set()
+        try:
+            await self._loop(once)
+            await self._drain()
+        finally:
+            beat.cancel()
+            await asyncio.gather(beat, return_exceptions=True)
+            try:
+                await asyncio.shield(self.repo.deregister_worker(self.id))
+            except Exception:  # the database may be what stopped us
+                log.warning("worker %s could not deregister", self.name, exc_info=True)
+        return self.stats
+
+    async def _loop(self, once: bool) -> None:
+        self._once = once
+        while not self._stopping:
+            self._wake.clear()
+            claimed = await self._claim_while_free()
+            if once and not claimed and not self._active:
+                return
+            waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait())]
+            waits.extend(self._active.values())
+            await asyncio.wait(
+                waits, timeout=self.settings.worker_poll_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            waits[0].cancel()
+
+    async def _claim_while_free(self) -> int:
+        """Claim runs while a slot is free; how many were claimed."""
+        claimed = 0
+        while len(self._active) < self.max_runs and not self._stopping:
+            now = utcnow()
+            try:
+                claim = await self.repo.claim_next_run(
+                    self.id, now, lease_until(self.settings, now)
+                )
+            except CrewError as error:
+                if self._once:  # a drain that cannot see the queue must not say "done"
+                    raise
+                # The database is down: say so, try again at the next poll.
+                log.warning("worker %s could not claim a run: %s", self.name, error)
+                return claimed
+            if claim is None:
+                return claimed
+            claimed += 1
+            self.stats.claimed += 1
+            if claim.previous_status == RunStatus.RUNNING.value:
+                self.stats.recovered += 1
+                log.warning(
+                    "worker %s recovers run %s (previous owner %s, recovery %d)",
+                    self.name,
+                    claim.run_id,
+                    claim.previous_owner,
+                    claim.recoveries,
+                )
+            if self._on_claim is not None:
+                self._on_claim(claim)
+            task = asyncio.create_task(self._execute(claim), name=f"crew-run-{claim.run_id}")
+            self._active[claim.run_id] = task
+        return claimed
+
+    async def _execute(self, claim: Claim) -> None:
+        listeners = list(self._listeners())
+        try:
+            outcome = await execute_claimed(
+                self.repo,
+                self.settings,
+                self.client,
+                claim,
+                listeners=listeners,
+                on_executor=self._track,
+            )
+            status = outcome.status.value
+            if outcome.status == RunStatus.QUEUED:
+                self.stats.released += 1
+            else:
+                self.stats.finished[status] = self.stats.finished.get(status, 0) + 1
+            log.info("run %s ended %s (worker %s)", claim.run_id, status, self.name)
+        except LeaseLostError as error:
+            log.warning("run %s: %s", claim.run_id, error)
+        except asyncio.CancelledError:
+            log.info("run %s stopped with worker %s", claim.run_id, self.name)
+            raise
+        except CrewError as error:
+            log.warning("run %s could not execute: %s", claim.run_id, error)
+        except Exception:
+            log.exception("run %s crashed in worker %s", claim.run_id, self.name)
+        finally:
+            self._executors.pop(claim.run_id, None)
+            self._active.pop(claim.run_id, None)
+            self._wake.set()
+            for listener in listeners:
+                close = getattr(listener, "close", None)
+                if close is not None:
+                    close()
+
+    def _track(self, executor: RunExecutor) -> None:
+        self._executors[executor.run.id] = executor
+        if self._stopping:
+            executor.drain()
+            if self._aborted:
+                executor.release_now()
+
+    async def _drain(self) -> None:
+        """After shutdown(): wait for the runs in flight up to the grace period, then
+        release what is left."""
+        if not self._active:
+            return
+        grace = self.settings.worker_shutdown_grace_s
+        _, pending = await asyncio.wait(list(self._active.values()), timeout=grace)
+        if pending:
+            log.warning(
+                "worker %s: grace period (%gs) over; releasing %d run(s) to the queue",
+                self.name,
+                grace,
+                len(pending),
+            )
+            for executor in list(self._executors.values()):
+                executor.release_now()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _registry_heartbeat(self) -> None:
+        interval = max(0.2, self.settings.run_lease_s / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.repo.worker_heartbeat(
+                    self.id,
+                    utcnow(),
+                    runs_held=len(self._active),
+                    status="draining" if self._stopping else "running",
+                )
+                if self._on_counts is not None:
+                    self._on_counts(await self.repo.count_runs_by_lease(utcnow()))
+            except Exception:  # the registry is for operators; the runs go on
+                log.warning("worker %s: registry heartbeat failed", self.name, exc_info=True)
