@@ -169,7 +169,7 @@ def test_run_detail_summary_and_time_zone(client) -> None:  # type: ignore[no-un
         "events_total": 4,
         "duration_ms": 3000.0,
     }
-    assert data["request_id"] is None and "error" in data and "owner" not in data
+    assert data["request_id"] is None and "error" in data and data["owner"] is None
     paris = client.get(f"/runs/{run_id}", headers={**H, "X-Timezone": "Europe/Paris"}).json()
     assert paris["started_at"] == "2026-01-10T13:00:00+01:00"
     tokyo = client.get("/runs", headers={**H, "X-Timezone": "Asia/Tokyo"}).json()
@@ -184,12 +184,21 @@ def test_run_detail_summary_and_time_zone(client) -> None:  # type: ignore[no-un
     assert_error(client.get("/runs/nope/summary", headers=H), 404)
 
 
-def test_stale_running_run_shows_interrupted(client) -> None:  # type: ignore[no-untyped-def]
+def test_a_run_whose_executor_died_shows_its_expired_lease(client) -> None:  # type: ignore[no-untyped-def]
     r = repo(client)
     old = T0 - timedelta(hours=1)
-    run_id = call(client, seed_run, r, status="running", owner="gone:1:x", heartbeat_at=old)
-    client.app.state.crew._swept_at = 0.0
-    assert client.get(f"/runs/{run_id}", headers=H).json()["status"] == "interrupted"
+    run_id = call(
+        client,
+        seed_run,
+        r,
+        status="running",
+        owner="gone:1:x",
+        heartbeat_at=old,
+        lease_expires_at=old,
+    )
+    data = client.get(f"/runs/{run_id}", headers=H).json()
+    assert data["status"] == "running" and data["owner"] == "gone:1:x"
+    assert data["lease"] == "expired" and data["lease_expires_at"].startswith("2026-01-10T11:00")
 
 
 def test_nodes_and_node(client) -> None:  # type: ignore[no-untyped-def]

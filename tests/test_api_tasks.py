@@ -226,11 +226,19 @@ def test_queue_bound_cancel_and_resume(sqlite_url: str, tmp_path: Path) -> None:
         assert_error(client.post("/runs/nope/resume", headers=H), 404)
 
 
-def test_shutdown_leaves_runs_interrupted_and_resumable(sqlite_url: str, tmp_path: Path) -> None:
-    with api(sqlite_url, tmp_path, OFFLINE_LATENCY_MS=5000) as client:
+def test_shutdown_gives_runs_back_to_the_queue(sqlite_url: str, tmp_path: Path) -> None:
+    """A deploy: the server stops, its run goes back to `queued`, and the next server
+    finishes it without anyone resuming anything."""
+    with api(sqlite_url, tmp_path, OFFLINE_LATENCY_MS=5000, WORKER_SHUTDOWN_GRACE_S=0) as client:
         run_id = client.post("/tasks", headers=H, json=DEMO).json()["run_id"]
         wait_status(client, run_id, {"running"})
     with api(sqlite_url, tmp_path) as client:
-        assert client.get(f"/runs/{run_id}", headers=H).json()["status"] == "interrupted"
-        assert client.post(f"/runs/{run_id}/resume", headers=H).status_code == 202
-        assert wait_status(client, run_id, {"completed", "failed"})["status"] == "completed"
+        done = wait_status(client, run_id, {"completed", "failed", "interrupted"})
+        assert done["status"] == "completed" and done["lease"] == "free"
+        events = client.get(f"/runs/{run_id}/events?limit=200", headers=H).json()["items"]
+        types = [e["type"] for e in events]
+        assert "RUN_INTERRUPTED" not in types
+        released = types.index("RUN_RELEASED")
+        resumed = [e for e in events if e["type"] == "RUN_RESUMED"]
+        assert len(resumed) == 1 and resumed[0]["payload"]["reason"] == "released"
+        assert types.index("RUN_RESUMED") > released

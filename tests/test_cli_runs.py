@@ -83,7 +83,7 @@ def test_runs_show_json_with_a_prefix(tmp_path: Path) -> None:
     assert data["title"] == "Rapport test"
     assert data["input_tokens"] == summary["input_tokens"] and data["cost_usd"] == 0.0
     assert data["options"]["max_concurrency"] == 4
-    assert "owner" not in data and "heartbeat_at" not in data
+    assert data["owner"] is None and data["lease"] == "free" and "heartbeat_at" not in data
     nodes = data["nodes"]
     assert [node["key"] for node in nodes] == ["m", "a", "b"]
     for node in nodes:
@@ -113,17 +113,25 @@ def test_runs_show_unknown_or_ambiguous_exits_2(tmp_path: Path) -> None:
     assert ambiguous.exit_code == 2 and "twin-1" in ambiguous.stderr
 
 
-def test_readers_see_a_dead_run_as_interrupted(tmp_path: Path) -> None:
+def test_readers_show_a_dead_executor_without_changing_the_run(tmp_path: Path) -> None:
+    """A run whose executor died stays `running` for the worker that will recover it;
+    readers show whose lease expired, and write nothing."""
     start_run(tmp_path, "dead", "--dry-run")
     store = Store(tmp_path)
     old = datetime.now(UTC) - timedelta(minutes=5)
+    before = [e.type for e in store.events("dead")]
 
     async def fake_dead_process(repo: Any) -> None:
-        await repo.update_run("dead", status="running", owner="gone:1:x", heartbeat_at=old)
+        await repo.update_run(
+            "dead", status="running", owner="gone:1:x", heartbeat_at=old, lease_expires_at=old
+        )
 
     store.call(fake_dead_process)
     items = json.loads(invoke("runs", "list", "--json").stdout)
-    assert items[0]["status"] == "interrupted"
+    assert items[0]["status"] == "running"
     data = json.loads(invoke("runs", "show", "dead", "--json").stdout)
-    assert data["status"] == "interrupted"
-    assert [e.type for e in store.events("dead")][-1] == "RUN_INTERRUPTED"
+    assert data["status"] == "running" and data["owner"] == "gone:1:x"
+    assert data["lease"] == "expired"
+    shown = " ".join(invoke("runs", "show", "dead").stdout.split())  # unwrapped
+    assert "gone:1:x" in shown and "a worker will take the run over" in shown
+    assert [e.type for e in store.events("dead")] == before

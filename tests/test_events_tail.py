@@ -96,25 +96,40 @@ def test_unknown_run_exits_2() -> None:
     assert result.exit_code == 2 and "nothing-here" in result.stderr
 
 
-def test_following_a_dead_run_ends_interrupted(tmp_path: Path) -> None:
-    start_run(tmp_path, "dead", plan_dict(n("a")))
+def test_a_run_whose_executor_died_is_followed_until_a_worker_finishes_it(
+    tmp_path: Path,
+) -> None:
+    start_run(tmp_path, "dead", plan_dict(n("a"), n("b", "a")))
     store = Store(tmp_path)
     old = datetime.now(UTC) - timedelta(minutes=1)
 
     async def fake_dead_process(repo: Any) -> None:
         await repo.update_run(
-            "dead", status="running", ended_at=None, owner="gone:1:x", heartbeat_at=old
+            "dead",
+            status="running",
+            ended_at=None,
+            owner="gone:1:x",
+            heartbeat_at=old,
+            lease_expires_at=old,
         )
 
     store.call(fake_dead_process)
     no_follow = invoke("events", "tail", "dead", "--no-follow", "--json")
-    assert no_follow.exit_code == 130  # a reader noticed: the run is interrupted now
-    assert lines(no_follow)[-1]["type"] == "RUN_INTERRUPTED"
+    assert no_follow.exit_code == 0  # still running: a reader changes nothing
+    assert lines(no_follow)[-1]["type"] == "RUN_COMPLETED"
+    assert store.run("dead").status == "running"
 
-    store.call(fake_dead_process)
+    worked = invoke("worker", "--once", "--json")
+    assert worked.exit_code == 0, worked.output
+    assert json.loads(worked.stdout.splitlines()[-1])["recovered"] == 1
+
     followed = invoke("events", "tail", "dead", "--json")
-    assert followed.exit_code == 130
-    assert lines(followed)[-1]["type"] == "RUN_INTERRUPTED"
+    assert followed.exit_code == 0
+    events = lines(followed)
+    assert events[-1]["type"] == "RUN_COMPLETED"
+    resumed = [e for e in events if e["type"] == "RUN_RESUMED"]
+    assert resumed[-1]["payload"]["reason"] == "lease_expired"
+    assert resumed[-1]["payload"]["previous_owner"] == "gone:1:x"
 
 
 def test_no_follow_on_a_running_run_exits_0(tmp_path: Path) -> None:

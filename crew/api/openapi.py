@@ -99,6 +99,11 @@ SCHEMAS: dict[str, Any] = {
             "cost_unknown": {"type": "boolean"},
             "cancel_requested_at": TS_NULL,
             "updated_at": TS,
+            "owner": STR_NULL,
+            "lease_expires_at": TS_NULL,
+            "lease": {"enum": ["held", "expired", "free"]},
+            "recoveries": INT,
+            "error_code": STR_NULL,
             "summary": _obj(
                 {
                     "nodes_total": INT,
@@ -110,6 +115,28 @@ SCHEMAS: dict[str, Any] = {
                     "duration_ms": {"type": ["number", "null"]},
                 }
             ),
+        }
+    ),
+    "Worker": _obj(
+        {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "kind": {"enum": ["worker", "serve"]},
+            "host": {"type": "string"},
+            "pid": INT,
+            "status": {"enum": ["running", "draining"]},
+            "max_runs": INT,
+            "runs_held": INT,
+            "started_at": TS,
+            "heartbeat_at": TS,
+            "alive": {"type": "boolean"},
+            "runs": {"type": "array", "items": {"type": "string"}},
+        }
+    ),
+    "WorkerList": _obj(
+        {
+            "items": {"type": "array", "items": {"$ref": "#/components/schemas/Worker"}},
+            "total": INT,
         }
     ),
     "RunSummary": _obj(

@@ -1,12 +1,14 @@
-"""Background execution of runs started or resumed through the API.
+"""Where runs started through the API go: the queue, and the worker embedded in the server.
 
-Each run executes in this server process, with the same engine as `crew run`, in its own
-asyncio task: at most SERVE_MAX_CONCURRENT_RUNS at once, the rest wait (still `queued`
-in the database) on a semaphore. A run that fails, or whose execution raises, is logged
-and ends there: nothing shared is left broken, so later requests are unaffected.
+`POST /tasks` creates a run `queued` and wakes the workers; whoever claims it executes
+it (crew/engine/worker.py). By default `crew serve` embeds a worker with
+SERVE_MAX_CONCURRENT_RUNS slots; with SERVE_EMBEDDED_WORKER=false (or
+CREW_EXECUTION=workers) the server only queues, and `crew worker` processes execute.
 
-On shutdown the tasks are cancelled and awaited: the engine then records the runs as
-`interrupted`, which `POST /runs/{id}/resume` (or `crew run --resume`) continues.
+On shutdown the embedded worker stops claiming, lets its runs go on for
+WORKER_SHUTDOWN_GRACE_S, then gives the unfinished ones back to the queue: a deploy
+loses nothing, and the next server (or any worker) continues them without anyone
+resuming anything.
 
 Observability: each execution gets the hooks' event listeners (run and node metrics,
 Sentry reports of failed runs and nodes), closed when it ends however it ends; the LLM
@@ -16,12 +18,14 @@ client carries the metrics observer, so the supervisor's calls are counted too.
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
 import logging
+import socket
 from typing import Any
 
-from crew.domain.errors import CrewError
-from crew.engine.service import SupervisorCalls, execute_run
+from crew.domain.errors import ConflictError, CrewError
+from crew.engine.service import requeue_for_resume
+from crew.engine.worker import Worker
 from crew.llm.client import LLMClient
 from crew.llm.registry import ProviderRegistry
 from crew.observability.hooks import Hooks
@@ -44,72 +48,79 @@ class RunManager:
         self.hooks = hooks or Hooks()
         self.registry = registry or ProviderRegistry(settings)
         self.client = LLMClient(settings, self.registry, observer=self.hooks.llm)
-        self._slots = asyncio.Semaphore(settings.serve_max_concurrent_runs)
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.worker: Worker | None = None
+        if settings.embedded_worker:
+            self.worker = Worker(
+                repo,
+                settings,
+                self.client,
+                name=f"serve@{socket.gethostname()}",
+                kind="serve",
+                max_runs=settings.serve_max_concurrent_runs,
+                listeners=self.hooks.run_listeners,
+                on_claim=self.hooks.worker_claimed,
+                on_counts=self.hooks.worker_counts,
+            )
+        self._task: asyncio.Task[Any] | None = None
+        self._listening: contextlib.AsyncExitStack | None = None
         self._closing = False
 
-    def is_active(self, run_id: str) -> bool:
-        return run_id in self._tasks
+    async def start_worker(self) -> None:
+        """Start the embedded worker (if any) and its wake-ups; returns at once."""
+        if self.worker is None or self._task is not None:
+            return
+        from crew.store.notify import listen_for_queued_runs
 
-    def start(
-        self,
-        run_id: str,
-        *,
-        resume: bool = False,
-        supervisor: SupervisorCalls | None = None,
-    ) -> None:
-        """Schedule the run's execution; returns at once."""
-        if self._closing:
-            raise CrewError("the server is shutting down")
-        task = asyncio.create_task(
-            self._execute(run_id, resume=resume, supervisor=supervisor), name=f"crew-run-{run_id}"
+        worker = self.worker
+        self._listening = contextlib.AsyncExitStack()
+        await self._listening.enter_async_context(
+            listen_for_queued_runs(self.settings.database_url, lambda _run_id: worker.wake())
         )
-        self._tasks[run_id] = task
-        task.add_done_callback(functools.partial(self._forget, run_id))
+        self._task = asyncio.create_task(self._run_worker(worker), name="crew-embedded-worker")
 
-    def _forget(self, run_id: str, _task: asyncio.Task[None]) -> None:
-        self._tasks.pop(run_id, None)
-
-    async def _execute(
-        self, run_id: str, *, resume: bool, supervisor: SupervisorCalls | None
-    ) -> None:
-        async with self._slots:
-            listeners = self.hooks.run_listeners()
+    async def _run_worker(self, worker: Worker) -> None:
+        while not self._closing:
             try:
-                outcome = await execute_run(
-                    self.repo,
-                    self.settings,
-                    self.client,
-                    run_id,
-                    resume=resume,
-                    supervisor=supervisor,
-                    listeners=listeners,
-                )
-                log.info("run %s ended %s", run_id, outcome.status.value)
-            except asyncio.CancelledError:
-                log.info("run %s interrupted by shutdown", run_id)
-                raise
-            except CrewError as error:
-                log.warning("run %s could not execute: %s", run_id, error)
-            except Exception as error:
-                log.exception("run %s crashed", run_id)
-                if self.hooks.report_error is not None:
-                    self.hooks.report_error(error, {"run_id": run_id})
-            finally:
-                for listener in listeners:
-                    close = getattr(listener, "close", None)
-                    if close is not None:
-                        close()
+                await worker.run()
+                return
+            except CrewError as error:  # the database is down: the server keeps serving
+                log.warning("embedded worker stopped (%s); restarting in 2s", error)
+            except Exception:
+                log.exception("embedded worker crashed; restarting in 2s")
+            await asyncio.sleep(2.0)
+
+    def queued(self, run_id: str) -> None:
+        """A run was queued by this process: look for it now (others are NOTIFYed)."""
+        if self.worker is not None:
+            self.worker.wake()
+
+    def is_active(self, run_id: str) -> bool:
+        return self.worker is not None and run_id in self.worker.active_runs
+
+    async def resume(self, run_id: str) -> None:
+        """Queue a finished run again; a worker continues it (RUN_RESUMED, `manual`)."""
+        if self.is_active(run_id):
+            raise ConflictError(f"run {run_id} is being executed by this server")
+        await requeue_for_resume(self.repo, run_id)
+        self.queued(run_id)
 
     def cancel_all(self) -> None:
-        """Stop accepting runs and cancel those in flight (they end `interrupted`)."""
+        """Shutting down: stop claiming; runs in flight get the grace period, then go back
+        to the queue (not `interrupted`)."""
         self._closing = True
-        for task in list(self._tasks.values()):
-            task.cancel()
+        if self.worker is not None:
+            self.worker.shutdown()
+
+    def abort(self) -> None:
+        """A second signal: give every run back to the queue now."""
+        self._closing = True
+        if self.worker is not None:
+            self.worker.abort()
 
     async def aclose(self) -> None:
         self.cancel_all()
-        tasks = list(self._tasks.values())
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._listening is not None:
+            await self._listening.aclose()
         await self.registry.aclose()

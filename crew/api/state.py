@@ -31,8 +31,6 @@ from crew.store.repository import Repository
 
 log = logging.getLogger("crew.api")
 
-STALE_SWEEP_INTERVAL_S = 5.0
-"""Readers mark crashed runs `interrupted` at most this often (it is a write)."""
 SCHEMA_RETRY_S = 2.0
 
 
@@ -48,8 +46,6 @@ class ApiState:
     shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
     schema_ok: bool = False
     _schema_checked_at: float = 0.0
-    _swept_at: float = 0.0
-    _sweeping: asyncio.Lock = field(default_factory=asyncio.Lock)
     idempotency_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     registry_factory: Any = None
     loop: asyncio.AbstractEventLoop | None = None
@@ -68,6 +64,7 @@ class ApiState:
         self.reads = ReadStore.open(self.settings.database_url, engine)
         registry = self.registry_factory(self.settings) if self.registry_factory else None
         self.runs = RunManager(self.settings, self.repo, registry, hooks=self.hooks)
+        await self.runs.start_worker()
         self.limiter = TokenBuckets(
             self.settings.tasks_rate_per_min, self.settings.tasks_rate_burst
         )
@@ -88,7 +85,8 @@ class ApiState:
             self.db_file.close()
 
     def begin_shutdown(self) -> None:
-        """SIGTERM: stop the runs now (they end `interrupted`) and let streams close."""
+        """SIGTERM: stop claiming runs (those in flight get WORKER_SHUTDOWN_GRACE_S, then go
+        back to the queue for the next server or worker) and let streams close."""
         self.shutting_down.set()
         if self.runs is not None:
             self.runs.cancel_all()
@@ -137,34 +135,16 @@ class ApiState:
                 )
             raise
 
-    async def sweep_stale_runs(self) -> None:
-        """Mark runs whose process died as `interrupted` (cheap: at most every few seconds)."""
-        now = time.monotonic()
-        if now - self._swept_at < STALE_SWEEP_INTERVAL_S or self._sweeping.locked():
-            return
-        async with self._sweeping:
-            self._swept_at = now
-            from crew.engine.service import interrupt_stale_runs
-
-            try:
-                await interrupt_stale_runs(self.repo)
-            except DatabaseUnavailableError:
-                raise
-            except Exception:  # a reader must not fail because the sweep did
-                log.exception("stale-run sweep failed")
-
 
 def api_state(request: Any) -> ApiState:
     state: ApiState = request.app.state.crew
     return state
 
 
-async def read_store(request: Any, *, sweep: bool = False) -> ReadStore:
+async def read_store(request: Any) -> ReadStore:
     """The read store once the database is ready (503 otherwise)."""
     state = api_state(request)
     await state.ready()
-    if sweep:
-        await state.sweep_stale_runs()
     assert state.reads is not None
     return state.reads
 
@@ -176,11 +156,9 @@ async def found(
     request: Any,
     kind: str,
     fetch: Callable[[ReadStore, str], Awaitable[T | None]],
-    *,
-    sweep: bool = False,
 ) -> T:
     """What `fetch` reads for the id in the path's `<kind>_id`; 404 when it finds nothing."""
-    reads = await read_store(request, sweep=sweep)
+    reads = await read_store(request)
     identifier = request.path_params[f"{kind}_id"]
     row = await fetch(reads, identifier)
     if row is None:

@@ -17,7 +17,6 @@ from crew.domain.errors import NotFoundError
 events_app = typer.Typer(help="Read a run's events.", no_args_is_help=True)
 
 POLL_INTERVAL_S = 0.25
-STALE_CHECK_EVERY = 20
 """Polls between checks for a run whose process died (about every 5 s)."""
 EXIT_BY_STATUS = {"completed": 0, "failed": 1, "canceled": 1, "interrupted": 130}
 
@@ -49,17 +48,14 @@ def tail(
 
         from crew.cli.event_lines import event_json, event_line
         from crew.domain.status import RunStatus
-        from crew.engine.service import interrupt_stale_runs
+        from crew.engine.views import lease_state
         from crew.store.database import open_repository
 
         async with open_repository(settings) as repo:
             target = await repo.resolve_run_id(run_id)
             cursor = since
-            polls = 0
+            orphan_noticed = False
             while True:
-                if polls % STALE_CHECK_EVERY == 0:
-                    await interrupt_stale_runs(repo)
-                polls += 1
                 run = await repo.get_run(target)
                 if run is None:
                     raise NotFoundError(f"run {target} was deleted")
@@ -95,6 +91,16 @@ def tail(
                 # up to it has been printed.
                 if not follow or RunStatus(status).is_terminal:
                     return status
+                if lease_state(run) == "expired" and not orphan_noticed:
+                    # Nobody is executing it right now; a worker will take it over.
+                    orphan_noticed = True
+                    print(
+                        f"run {target}: its executor stopped; it continues once a "
+                        f"`crew worker` or `crew serve` claims it (or `crew run --resume "
+                        f"{target}`)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 await asyncio.sleep(POLL_INTERVAL_S)
 
     status = run_async(main)

@@ -52,7 +52,7 @@ def main(
 
 
 def _register() -> None:
-    from crew.cli import db, doctor, events, plan, run, runs, serve
+    from crew.cli import db, doctor, events, plan, run, runs, serve, worker
 
     plan.register(app)
     run.register(app)
@@ -61,6 +61,7 @@ def _register() -> None:
     db.register(app)
     serve.register(app)
     doctor.register(app)
+    worker.register(app)
     from crew.cli import gc  # retention: `crew gc`
 
     gc.register(app)

@@ -15,7 +15,12 @@ from crew.cli.common import (
     run_async,
     use_color,
 )
-from crew.domain.errors import BudgetExceededError, InvalidInputError, UnavailableError
+from crew.domain.errors import (
+    BudgetExceededError,
+    CrewError,
+    InvalidInputError,
+    UnavailableError,
+)
 from crew.domain.providers import PROVIDER_NAMES
 
 if TYPE_CHECKING:
@@ -154,6 +159,14 @@ def run_command(
         bool, typer.Option("--json", help="Print one JSON summary object on stdout.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    detach: Annotated[
+        bool,
+        typer.Option(
+            "--detach",
+            help="Queue the run and exit at once: a `crew worker` (or `crew serve`) "
+            "executes it. Prints the run id (--json: {run_id, status}).",
+        ),
+    ] = False,
 ) -> None:
     """Run a plan (--task-file), plan and run (--use-supervisor), or resume (--resume)."""
     sources = [task_file is not None, use_supervisor, resume is not None]
@@ -166,6 +179,10 @@ def run_command(
         raise InvalidInputError("--run-id and --dry-run apply to new runs, not to --resume")
     if override and resume is None:
         raise InvalidInputError("--override KEY only applies with --resume RUN_ID")
+    if detach and (resume is not None or dry_run):
+        raise InvalidInputError(
+            "--detach queues a new run; it does not apply to --resume or --dry-run"
+        )
     goal = goal_from_options(title, description, acceptance) if use_supervisor else None
     if run_id is not None:  # before anything is planned, opened or written
         from crew.engine.service import check_run_id
@@ -221,10 +238,11 @@ def run_command(
         observers.append(RunReporter(settings))
 
     view = _Progress(quiet=quiet or False, json_output=json_output)
+    known: dict[str, str] = {}  # the run id once one exists, for --json on failure
 
     async def main() -> dict[str, Any]:
         from crew.engine.options import RunOptions
-        from crew.engine.service import SupervisorCalls, create_run, execute_run
+        from crew.engine.service import SupervisorCalls, create_run, execute_run, new_owner
         from crew.llm.client import LLMClient
         from crew.llm.registry import ProviderRegistry
         from crew.store.database import open_repository
@@ -235,6 +253,7 @@ def run_command(
             async with open_repository(settings) as repo:
                 if resume is not None:
                     target = await repo.resolve_run_id(resume)
+                    known["run_id"] = target
                     outcome = await execute_run(
                         repo,
                         settings,
@@ -272,22 +291,57 @@ def run_command(
                 )
                 if dry_run:
                     view.preview(settings, client, the_plan, options, supervisor is not None)
-                new_id = await create_run(repo, settings, the_plan, options=options, run_id=run_id)
+                # A foreground run is leased to this process from its creation, so no
+                # worker takes it; a detached one waits in the queue for one.
+                owner = None if detach else new_owner()
+                new_id = await create_run(
+                    repo,
+                    settings,
+                    the_plan,
+                    options=options,
+                    run_id=run_id,
+                    owner=owner,
+                    supervisor=supervisor,
+                )
+                known["run_id"] = new_id
+                if detach:
+                    return {"run_id": new_id, "status": "queued", "detached": True}
                 view.start(the_plan.title)
                 outcome = await execute_run(
                     repo,
                     settings,
                     client,
                     new_id,
-                    supervisor=supervisor,
                     listeners=[*view.listeners(), *observers],
+                    owner=owner,
                 )
                 return outcome.summary
         finally:
             view.stop()
             await registry.aclose()
 
-    summary = run_async(main)
+    from crew.llm.ledger import recording
+
+    with recording() as planning:  # the supervisor's calls (nodes keep their own ledgers)
+        try:
+            summary = run_async(main)
+        except CrewError as error:  # planning failed, or interrupted (130): still one object
+            if json_output:
+                import json
+
+                from crew.engine.summary import failure_summary
+
+                failed = failure_summary(error, known.get("run_id"), planning)
+                print(json.dumps(failed, ensure_ascii=False), flush=True)
+            raise
+    if summary.get("detached"):
+        if json_output:
+            import json
+
+            print(json.dumps({"run_id": summary["run_id"], "status": summary["status"]}))
+        else:
+            print(summary["run_id"])
+        raise typer.Exit(0)
     view.finish(summary)
     raise typer.Exit(exit_code(summary))
 
@@ -419,6 +473,13 @@ class _Progress:
             f"; cost: {'unknown' if cost is None else f'${cost:.4f}'}"
             f"; {summary.get('duration_ms', 0) / 1000:.1f}s",
         ]
+        providers = summary.get("providers") or {}
+        if len(providers) > 1 or summary.get("fallback_calls"):
+            lines.append(
+                "answered by: "
+                + ", ".join(f"{name} {count}" for name, count in sorted(providers.items()))
+                + f" ({summary.get('fallback_calls', 0)} call(s) by a fallback provider)"
+            )
         for path in summary.get("final", []):
             lines.append(f"deliverable: {path}")
         print("\n".join(lines))

@@ -39,12 +39,10 @@ def list_runs(
     settings = load_cli_settings(ctx)
 
     async def main() -> list[dict[str, Any]]:
-        from crew.engine.service import interrupt_stale_runs
         from crew.engine.views import run_list_item
         from crew.store.database import open_repository
 
         async with open_repository(settings) as repo:
-            await interrupt_stale_runs(repo)
             runs = await repo.list_runs(status=status, limit=limit)
             counts = await repo.node_counts([r.id for r in runs])
             return [run_list_item(r, counts.get(r.id, {})) for r in runs]
@@ -90,12 +88,10 @@ def show_run(
     settings = load_cli_settings(ctx)
 
     async def main() -> dict[str, Any]:
-        from crew.engine.service import interrupt_stale_runs
-        from crew.engine.views import jsonable, run_cost
+        from crew.engine.views import jsonable, lease_state, run_cost
         from crew.store.database import open_repository
 
         async with open_repository(settings) as repo:
-            await interrupt_stale_runs(repo)
             target = await repo.resolve_run_id(run_id)
             run = await repo.get_run(target)
             nodes = await repo.list_nodes(target)
@@ -103,6 +99,7 @@ def show_run(
             keys = {n.id: n.key for n in nodes}
             data = jsonable(run)
             data["cost_usd"] = run_cost(run)
+            data["lease"] = lease_state(run)
             data["nodes"] = [
                 {k: v for k, v in jsonable(n).items() if k not in {"spec", "run_id"}} for n in nodes
             ]
@@ -139,6 +136,14 @@ def _print_run(data: dict[str, Any], settings: Any) -> None:
         f"tokens: {data['input_tokens']} in / {data['output_tokens']} out   "
         f"cost: {'unknown' if cost is None else f'${cost:.4f}'}"
     )
+    if data.get("owner"):
+        holder = {"held": "held by", "expired": "was held by"}.get(data["lease"], "held by")
+        console.print(
+            f"lease: {holder} {data['owner']} until {data['lease_expires_at'] or '-'}"
+            + ("  (expired: a worker will take the run over)" if data["lease"] == "expired" else "")
+        )
+    if data.get("recoveries"):
+        console.print(f"recoveries: {data['recoveries']}")
     if data.get("error"):
         console.print(f"[red]error:[/] {data['error']}")
     table = Table(title="nodes")

@@ -31,6 +31,10 @@ class Hooks:
     run_listener_factories: list[Callable[[], Any]] = field(default_factory=list)
     """Each builds one engine event listener for a run (it may have a `close()`)."""
     on_exit: list[Callable[[], None]] = field(default_factory=list)
+    worker_claimed: Callable[[Any], None] | None = None
+    """Told of every run an embedded or standalone worker claims (a crew.store Claim)."""
+    worker_counts: Callable[[dict[str, int]], None] | None = None
+    """Told the runs queued, held and orphaned, at each worker heartbeat."""
 
     def run_listeners(self) -> list[Any]:
         return [factory() for factory in self.run_listener_factories]
@@ -46,6 +50,8 @@ def server_hooks(settings: Settings) -> Hooks:
         hooks.llm = metrics.LLMMetrics(settings)
         hooks.run_listener_factories.append(metrics.RunMetrics)
         hooks.on_exit.append(metrics.process_exiting)
+        hooks.worker_claimed = metrics.observe_claim
+        hooks.worker_counts = metrics.observe_lease_counts
     if settings.sentry_dsn:
         from crew.observability import sentry
 

@@ -82,6 +82,19 @@ RUNS_IN_PROGRESS = Gauge(
     "Runs this server is executing now.",
     multiprocess_mode="livesum",
 )
+RUNS_BY_LEASE = Gauge(
+    "crew_runs_by_lease",
+    "Runs in the database by lease state, as a worker last counted them: queued, held "
+    "(running with a live lease) and orphaned (running, lease expired: to be recovered).",
+    ["state"],
+    multiprocess_mode="mostrecent",
+)
+RUN_CLAIMS = Counter(
+    "crew_run_claims_total",
+    "Runs this process's worker claimed, by kind: new (queued) or recovered (its owner's "
+    "lease had expired).",
+    ["kind"],
+)
 RUN_DURATION = Histogram(
     "crew_run_duration_seconds",
     "Wall time of a run's execution in this server (from start or resume to its end).",
@@ -166,6 +179,16 @@ class ModelLabels:
 
 
 _http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def observe_claim(claim: Any) -> None:
+    recovered = claim.previous_status == "running" and claim.previous_owner != claim.owner
+    RUN_CLAIMS.labels("recovered" if recovered else "new").inc()
+
+
+def observe_lease_counts(counts: dict[str, int]) -> None:
+    for state in ("queued", "held", "orphaned"):
+        RUNS_BY_LEASE.labels(state).set(counts.get(state, 0))
 
 
 def observe_http(method: str, route: str, status: int, seconds: float) -> None:

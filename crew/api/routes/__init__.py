@@ -4,4 +4,12 @@ from __future__ import annotations
 
 
 def load() -> None:
-    from crew.api.routes import artifacts, events, nodes, runs, system, tasks  # noqa: F401
+    from crew.api.routes import (  # noqa: F401
+        artifacts,
+        events,
+        nodes,
+        runs,
+        system,
+        tasks,
+        workers,
+    )

@@ -88,7 +88,7 @@ async def _events(request: Request, run_id: str | None, q: Query) -> Response:
         q.problems.append("run_id: required")
     q.check()
     assert run_id is not None
-    reads = await read_store(request, sweep=True)
+    reads = await read_store(request)
     descending = bool(orders and orders[0].descending)
     status, page = await reads.list_events(
         run_id, filters, after_id=after_id, limit=limit, offset=offset, descending=descending
@@ -189,7 +189,7 @@ async def stream_events(request: Request) -> Response:
         q.problems.append("run_id: required")
     q.check()
     assert run_id is not None
-    reads = await read_store(request, sweep=True)
+    reads = await read_store(request)
     if await reads.run_status(run_id) is None:
         raise ApiError.missing("run", run_id)
     stream = _follow(request, run_id, after_id or 0)

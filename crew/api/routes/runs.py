@@ -26,7 +26,7 @@ from crew.api.spec import (
 )
 from crew.api.state import api_state, found, read_store
 from crew.domain.status import RunStatus
-from crew.engine.views import jsonable, run_cost, run_list_item
+from crew.engine.views import jsonable, lease_state, run_cost, run_list_item
 from crew.store.read_sql import RunFilters
 from crew.store.reads import ReadStore, RunDetail
 
@@ -66,7 +66,7 @@ async def list_runs(request: Request) -> Response:
     orders = q.order(RUN_ORDER, "-created_at")
     limit, offset = q.page()
     q.check()
-    reads = await read_store(request, sweep=True)
+    reads = await read_store(request)
     page, counts = await reads.list_runs(filters, orders, limit, offset)
     zone = tz_of(request)
     cache = api_state(request).fragments
@@ -86,6 +86,7 @@ def run_view(detail: RunDetail, zone: Any) -> dict[str, Any]:
     run = detail.run
     data = jsonable(localize(run, zone))
     data["cost_usd"] = run_cost(run)
+    data["lease"] = lease_state(run)
     counts = detail.node_counts
     started = run.started_at
     ended = run.ended_at
@@ -105,7 +106,7 @@ def run_view(detail: RunDetail, zone: Any) -> dict[str, Any]:
 
 
 async def _detail(request: Request) -> RunDetail:
-    return await found(request, "run", ReadStore.run_detail, sweep=True)
+    return await found(request, "run", ReadStore.run_detail)
 
 
 @endpoint(
@@ -174,7 +175,7 @@ async def cancel_run(request: Request) -> Response:
 async def resume_run(request: Request) -> Response:
     Query(request, ()).check()
     state = api_state(request)
-    status = await found(request, "run", ReadStore.run_status, sweep=True)
+    status = await found(request, "run", ReadStore.run_status)
     run_id = request.path_params["run_id"]
     assert state.runs is not None
     if status not in RESUMABLE or state.runs.is_active(run_id):
@@ -183,7 +184,7 @@ async def resume_run(request: Request) -> Response:
             f"run {run_id} is {status}; only failed, interrupted or canceled runs can be resumed",
             code="conflict",
         )
-    state.runs.start(run_id, resume=True)
+    await state.runs.resume(run_id)
     body = {"run_id": run_id, "status": "accepted", "location": f"/runs/{run_id}"}
     return render(body, 202, headers={"Location": _location(request, run_id)})
 
@@ -211,7 +212,7 @@ async def delete_run(request: Request) -> Response:
     409 (cancel it first), and the status is checked again by the DELETE itself."""
     Query(request, ()).check()
     state = api_state(request)
-    status = await found(request, "run", ReadStore.run_status, sweep=True)
+    status = await found(request, "run", ReadStore.run_status)
     run_id = request.path_params["run_id"]
     assert state.runs is not None and state.repo is not None
     removed = None

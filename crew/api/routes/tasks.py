@@ -124,13 +124,20 @@ async def _start(
         changes[LLM_FIELD] = changes.pop("llm")
     options = RunOptions.from_settings(state.settings, **changes)
     run_id = await create_run(
-        state.repo, state.settings, plan, options=options, request_id=request_id
+        state.repo,
+        state.settings,
+        plan,
+        options=options,
+        request_id=request_id,
+        supervisor=supervisor,
+        notify=False,  # not before it holds its idempotency key
     )
     if digest is not None:
         winner = await idempotency.attach(state.repo, run_id, digest)
         if winner != run_id:
             return winner
-    state.runs.start(run_id, supervisor=supervisor)
+    await state.repo.notify_run_queued(run_id)
+    state.runs.queued(run_id)
     return run_id
 
 
