@@ -137,16 +137,31 @@ def valid_plan(draw: st.DrawFn) -> dict[str, Any]:
     return {"title": draw(st.one_of(safe_text, st.just("T" * MAX_TITLE))), "plan": order}
 
 
+MUTABLE_FIELDS = [
+    "plan title", "description", "title", "id", "suggested_agent_role", "acceptance", "notes",
+    "risks", "assumptions", "deps", "type", "llm.model", "llm.temperature", "llm.timeout_s",
+    "llm.max_tokens", "llm.provider",
+]  # fmt: skip
+
+
 @st.composite
 def hostile_plan(draw: st.DrawFn) -> Any:
     choice = draw(st.integers(0, 5))
     if choice == 0:
         return draw(json_value)
-    if choice in (1, 2):
+    if choice in (1, 2):  # a valid plan but for one value: most likely a string
         plan = draw(valid_plan())
         node = draw(st.sampled_from(plan["plan"]))
-        field = draw(st.sampled_from(["title", "id", "suggested_agent_role", "notes", "deps"]))
-        node[field] = draw(json_value)
+        field = draw(st.sampled_from(MUTABLE_FIELDS))
+        value = draw(st.one_of(hostile_text, hostile_text.map(lambda t: [t]), json_value))
+        if field == "plan title":
+            plan["title"] = value
+        elif field == "description":
+            plan["description"] = value
+        elif field.startswith("llm."):
+            node["llm"] = {field[4:]: value}
+        else:
+            node[field] = value
         return plan
     plan_value: dict[str, Any] = {"plan": draw(st.lists(hostile_node(), max_size=5))}
     if draw(st.booleans()):
