@@ -527,3 +527,28 @@ def test_3_a_nul_in_an_id_or_a_filter_is_a_4xx_on_both_databases(
         for query in ("/runs?status=%00", "/events?run_id=%00", "/runs/x/artifacts?type=a%00"):
             assert_error(client.get(query, headers=H), 400)
         assert_error(client.get("/runs/%00"), 401)  # the key is still checked first
+
+
+def test_10_a_huge_run_id_argument_is_quoted_cut(tmp_path: Path) -> None:
+    huge = "r" * 1_000_000
+    for args in (("runs", "show", huge), ("run", "--resume", huge), ("events", "tail", huge)):
+        result = invoke(*args)
+        assert result.exit_code == 2, (args[:2], result.exit_code, result.output[-500:])
+        assert 0 < len(result.stderr) < 5_000, (args[:2], len(result.stderr))
+
+
+def test_4_goal_options_have_the_same_limits(tmp_path: Path) -> None:
+    refused(invoke("plan", "--title", "t" * (MAX_TITLE + 1)), "--title", "too long")
+    refused(invoke("plan", "--title", "\x1b[2Jgoal"), "--title", "U+001B")
+    refused(invoke("plan", "--title", "goal", "--acceptance", "a" * (MAX_ITEM + 1)), "too long")
+    args = ["run", "--use-supervisor", "--title", "goal", "--description", "d\x07"]
+    refused(invoke(*args), "--description", "U+0007")
+
+
+def test_4_plan_size_and_node_count_are_bounded(tmp_path: Path) -> None:
+    from crew.domain.limits import MAX_NODES, MAX_PLAN_BYTES
+
+    nodes = [{"id": f"n{i}", "title": "t"} for i in range(MAX_NODES + 1)]
+    refused(run_file(tmp_path, json.dumps({"title": "t", "plan": nodes})), "at most 10,000")
+    padding = " " * (MAX_PLAN_BYTES + 1)
+    refused(run_file(tmp_path, '{"title": "t", "plan": []}' + padding), "too large")
