@@ -45,7 +45,8 @@ class Reply:
     `content`, `model`, `finish_reason` and `usage`; any other body is sent as given (a
     dict/list as JSON, str/bytes raw). `delay_s` waits before answering; `drop` closes
     the connection without answering; `cut_after` sends the status line, the headers
-    (with the full Content-Length) and only that many bytes of the body, then closes.
+    (with the full Content-Length) and only that many bytes of the body, then closes;
+    `trickle_s` sends the body one byte at a time, waiting that long before each.
     """
 
     status: int = 200
@@ -58,6 +59,7 @@ class Reply:
     finish_reason: str = "stop"
     usage: bool = True
     cut_after: int | None = None
+    trickle_s: float = 0.0
 
 
 @dataclass
@@ -251,6 +253,13 @@ class FakeLLMServer:
         head.append("Connection: " + ("keep-alive" if keep_alive else "close"))
         if reply is not None and reply.cut_after is not None:
             keep_alive, data = False, data[: reply.cut_after]
+        if reply is not None and reply.trickle_s:
+            writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+            for index in range(len(data)):
+                await asyncio.sleep(reply.trickle_s)
+                writer.write(data[index : index + 1])
+                await writer.drain()
+            return keep_alive
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data)
         await writer.drain()
         return keep_alive

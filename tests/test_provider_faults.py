@@ -128,6 +128,17 @@ def test_a_stall_past_the_timeout_is_cut_and_retried(server: FakeLLMServer, tmp_
     assert f"did not answer within {TIMEOUT_S:g}s" in stalled["error"]
 
 
+def test_a_trickled_answer_is_cut_at_the_deadline(server: FakeLLMServer, tmp_path: Path) -> None:
+    """Bytes keep coming, each well within the deadline, the whole answer far beyond it:
+    LLM_TIMEOUT_S bounds the exchange, not the gap between two bytes."""
+    server.enqueue(Reply(content=MARKDOWN, trickle_s=0.05), Reply(content=MARKDOWN))
+    result, summary = run_one_node(tmp_path)
+    assert result.exit_code == 0, result.output
+    assert len(server.chat_requests()) == 2
+    (trickled,) = failed_tries(sidecar(tmp_path, summary["run_id"])["attempts_detail"])
+    assert f"did not answer within {TIMEOUT_S:g}s" in trickled["error"]
+
+
 def test_500_then_recovery(server: FakeLLMServer, tmp_path: Path) -> None:
     server.enqueue(server_error(server), server_error(server, 503), Reply(content=MARKDOWN))
     result, summary = run_one_node(tmp_path)
@@ -195,6 +206,17 @@ def test_drops_forever_stop_after_the_provider_retries(
     assert len(server.chat_requests()) == CALL_TRIES
     node = Store(tmp_path).nodes(summary["run_id"])["part"]
     assert node.status == "failed" and "connection failed" in (node.error or "")
+
+
+def test_429_forever_stops_after_the_provider_retries(
+    openai_only: OpenAIServer, tmp_path: Path
+) -> None:
+    openai_only.responder = lambda _request: rate_limited("0")
+    result, summary = run_one_node(tmp_path)
+    assert result.exit_code == 4, result.output
+    assert len(openai_only.chat_requests()) == CALL_TRIES
+    node = Store(tmp_path).nodes(summary["run_id"])["part"]
+    assert node.status == "failed" and "Rate limit" in (node.error or "")
 
 
 def test_a_truncated_json_body_is_not_retried(server: FakeLLMServer, tmp_path: Path) -> None:
