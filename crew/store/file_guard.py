@@ -81,7 +81,7 @@ class SqliteFileGuard:
         return (
             f"the SQLite database file {what} while the server was running: what this "
             "server would write now is lost when it stops, so it refuses to use the database; "
-            "put the file back or restart the server"
+            "move the file back if it was moved, otherwise restart the server"
         )
 
     def close(self) -> None:
