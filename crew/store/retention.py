@@ -141,6 +141,20 @@ async def sqlite_free_bytes(engine: AsyncEngine) -> int | None:
     return int(free) * int(page)
 
 
+async def checkpoint_sqlite(engine: AsyncEngine) -> None:
+    """Copy the WAL into the SQLite file and truncate it, so the file's size says what
+    the database holds (a deletion first grows the WAL); nothing on other databases.
+
+    A reader still on an older snapshot makes the checkpoint stop short, without error.
+    """
+    if engine.dialect.name != "sqlite":
+        return
+    with unavailable_on_failure(_where(engine)):
+        async with engine.connect() as conn:
+            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await auto.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
+
+
 async def vacuum_sqlite(engine: AsyncEngine) -> bool:
     """Rewrite the SQLite file without its free pages and checkpoint the WAL into it, so
     the file on disk shrinks; False (nothing done) on other databases.
