@@ -9,15 +9,21 @@ process a test starts is killed when it ends (worker_procs.Procs).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import signal
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from test_engine_support import n, plan_dict
 from worker_procs import (
+    API_KEY,
     Db,
     EventRow,
     Procs,
@@ -27,6 +33,10 @@ from worker_procs import (
     process_env,
     wait_for,
 )
+
+from crew.store.leases import Fence
+from crew.store.records import NewEvent
+from tests.api_server import free_port, wait_until_serving
 
 pytestmark = pytest.mark.slow
 
@@ -70,8 +80,7 @@ def test_three_workers_one_killed_every_run_completes_once(tmp_path: Path, pg_ur
 
         def victim_mid_run() -> list[str]:
             """The victim's runs, once one of them has some nodes done, not all."""
-            runs = db.runs().values()
-            held = [r.id for r in runs if r.status == "running" and victim.owns(r.owner)]
+            held = db.held_by(victim)
             events = db.events()
             if any(0 < len(completed_nodes(events, r)) < len(DIAMOND_KEYS) for r in held):
                 return held
@@ -80,11 +89,7 @@ def test_three_workers_one_killed_every_run_completes_once(tmp_path: Path, pg_ur
         wait_for(victim_mid_run, timeout=30, what="the victim to be mid-run", procs=procs)
         victim.kill()
         # What the victim had written is final now: its runs, and the nodes it completed.
-        held = {
-            r.id: r.owner
-            for r in db.runs().values()
-            if r.status == "running" and victim.owns(r.owner)
-        }
+        held = {run_id: db.run(run_id).owner for run_id in db.held_by(victim)}
         assert held, "the victim finished its runs before it was killed"
         before = db.events()
         done_before = {r: completed_nodes(before, r) for r in held}
@@ -219,3 +224,334 @@ def test_fencing_a_paused_owner_leaves_the_new_owners_files_alone(
             data = (runs_root / artifact.path).read_bytes()
             assert hashlib.sha256(data).hexdigest() == artifact.sha256, artifact.path
         assert file_states(runs_root) == files_before
+
+
+# ---- 3. crew serve restarted while it executes runs --------------------------------------
+
+
+def start_servers(procs: Procs, *names: str, **env: str) -> list[tuple[Any, str]]:
+    """Start `crew serve` processes side by side; returns (process, base URL) once each
+    answers."""
+    started = []
+    for name in names:
+        port = free_port()
+        started.append((procs.serve(name, port, **env), f"http://127.0.0.1:{port}"))
+    for server, base in started:
+        wait_until_serving(server.popen, f"{base}/health", timeout_s=30)  # type: ignore[arg-type]
+    return started
+
+
+def start_server(procs: Procs, name: str, **env: str) -> tuple[Any, str]:
+    ((server, base),) = start_servers(procs, name, **env)
+    return server, base
+
+
+def post_task(base: str, plan: dict[str, Any], client: httpx.Client | None = None) -> str:
+    send = client or httpx
+    response = send.post(
+        f"{base}/tasks",
+        json={"title": plan["title"], "task": plan},
+        headers={"X-API-Key": API_KEY},
+        timeout=30,
+    )
+    assert response.status_code == 202, response.text
+    return str(response.json()["run_id"])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_serve_restarted_while_runs_execute(tmp_path: Path, sqlite_url: str, signum: int) -> None:
+    runs_root = tmp_path / "runs"
+    env = process_env(
+        sqlite_url,
+        runs_root,
+        OFFLINE_LATENCY_MS="300",
+        MAX_CONCURRENCY="1",
+        WORKER_SHUTDOWN_GRACE_S="0.5",
+    )
+    with Db(sqlite_url, runs_root) as db, Procs(tmp_path, env) as procs:
+        server, base = start_server(procs, "serve1")
+        run_ids = [post_task(base, CHAIN) for _ in range(3)]
+
+        def all_mid_run() -> bool:
+            events = db.events()
+            return all(0 < len(completed_nodes(events, r)) < len(CHAIN_KEYS) for r in run_ids)
+
+        wait_for(all_mid_run, timeout=30, what="3 runs mid-way", procs=procs)
+        owner = db.run(run_ids[0]).owner
+        assert server.owns(owner)
+        server.signal(signum)
+        code = server.wait(timeout=30)
+        if signum == signal.SIGTERM:
+            assert code in (0, -signal.SIGTERM), server.stderr()  # a clean shutdown
+            assert "Traceback" not in server.stderr()
+            # given back to the queue at the end of the grace period, not interrupted
+            runs = db.runs()
+            assert {runs[r].status for r in run_ids} == {"queued"}
+            assert all(runs[r].owner is None for r in run_ids)
+        done_before = {r: completed_nodes(db.events(), r) for r in run_ids}
+
+        start_server(procs, "serve2")
+        wait_for(lambda: db.all_completed(run_ids), timeout=30, what="the runs", procs=procs)
+        events = assert_each_node_once(db, run_ids, CHAIN_KEYS)
+        reason = "released" if signum == signal.SIGTERM else "lease_expired"
+        for run_id in run_ids:
+            mine = [e for e in events if e.run_id == run_id]
+            types = [e.type for e in mine]
+            assert "RUN_INTERRUPTED" not in types
+            assert types.count("RUN_RELEASED") == (1 if signum == signal.SIGTERM else 0)
+            (resumed,) = of_type(mine, "RUN_RESUMED")
+            assert resumed.payload["reason"] == reason
+            assert resumed.payload["previous_owner"] == (None if reason == "released" else owner)
+            calls = per_node(mine, "LLM_CALL")
+            assert all(calls[(run_id, key)] == 1 for key in done_before[run_id])
+
+
+# ---- 4. a foreground crew run killed, finished by a worker -------------------------------
+
+
+def test_killed_foreground_run_is_finished_by_a_worker(tmp_path: Path, sqlite_url: str) -> None:
+    runs_root = tmp_path / "runs"
+    env = process_env(sqlite_url, runs_root, OFFLINE_LATENCY_MS="300", MAX_CONCURRENCY="1")
+    (tmp_path / "plan.json").write_text(json.dumps(CHAIN), encoding="utf-8")
+    with Db(sqlite_url, runs_root) as db, Procs(tmp_path, env) as procs:
+        worker = procs.worker("w")
+        foreground = procs.start("run", "run", "--task-file", "plan.json", "--run-id", "fg")
+        wait_for(
+            lambda: len(completed_nodes(db.events("fg"), "fg")) >= 2,
+            timeout=30,
+            what="the foreground run to be mid-way",
+            procs=procs,
+        )
+        foreground.kill()
+        owner = db.run("fg").owner
+        assert foreground.owns(owner) and db.run("fg").status == "running"
+        done_before = completed_nodes(db.events("fg"), "fg")
+        assert done_before < set(CHAIN_KEYS)
+
+        wait_for(lambda: db.all_completed(["fg"]), timeout=30, what="the run", procs=procs)
+        events = assert_each_node_once(db, ["fg"], CHAIN_KEYS)
+        (resumed,) = of_type(events, "RUN_RESUMED")
+        assert resumed.payload["reason"] == "lease_expired"
+        assert resumed.payload["previous_owner"] == owner
+        calls = per_node(events, "LLM_CALL")
+        assert all(calls[("fg", key)] == 1 for key in done_before)
+        assert "recovers run fg" in worker.stderr()
+
+
+# ---- 5. API processes that only queue, workers that execute ------------------------------
+
+PAIR = plan_dict(n("a"), n("b", "a"), title="Pair")
+PAIR_KEYS = ["a", "b"]
+
+
+def burst(bases: list[str], count: int, plan: dict[str, Any]) -> list[str]:
+    """`count` POST /tasks at once, spread over the servers."""
+    with httpx.Client() as client, ThreadPoolExecutor(max_workers=16) as pool:
+        futures = [
+            pool.submit(post_task, bases[i % len(bases)], plan, client) for i in range(count)
+        ]
+        return [future.result() for future in futures]
+
+
+def assert_started_once(db: Db, run_ids: list[str], executors: list[Any]) -> None:
+    """Each run was started once, by one of `executors`, and never taken over."""
+    events = db.events()
+    started = Counter(e.run_id for e in of_type(events, "RUN_STARTED"))
+    assert started == Counter(dict.fromkeys(run_ids, 1))
+    assert not of_type(events, "RUN_RESUMED")
+    for event in of_type(events, "RUN_STARTED"):
+        assert any(proc.owns(event.payload["owner"]) for proc in executors), event.payload
+
+
+@pytest.mark.postgres
+def test_two_api_processes_two_workers_a_burst_of_tasks(tmp_path: Path, pg_url: str) -> None:
+    runs_root = tmp_path / "runs"
+    env = process_env(pg_url, runs_root, OFFLINE_LATENCY_MS="50", TASKS_RATE_BURST="100")
+    with Db(pg_url, runs_root) as db, Procs(tmp_path, env) as procs:
+        workers = [procs.worker(f"w{i}", "--max-runs", "8") for i in range(2)]
+        servers = start_servers(procs, "api0", "api1", SERVE_EMBEDDED_WORKER="false")
+        bases = [base for _, base in servers]
+        run_ids = burst(bases, 50, PAIR)
+        assert len(set(run_ids)) == 50
+        wait_for(lambda: db.all_completed(run_ids), timeout=45, what="50 runs", procs=procs)
+        assert_each_node_once(db, run_ids, PAIR_KEYS)
+        assert_started_once(db, run_ids, workers)
+        for proc in procs.procs:
+            assert proc.alive() and "Traceback" not in proc.stderr(), proc.stderr()
+
+
+def test_sqlite_two_workers_and_serve_on_one_file(tmp_path: Path, sqlite_url: str) -> None:
+    runs_root = tmp_path / "runs"
+    env = process_env(sqlite_url, runs_root, OFFLINE_LATENCY_MS="50", TASKS_RATE_BURST="100")
+    with Db(sqlite_url, runs_root) as db, Procs(tmp_path, env) as procs:
+        workers = [procs.worker(f"w{i}", "--max-runs", "4") for i in range(2)]
+        server, base = start_server(procs, "serve", SERVE_MAX_CONCURRENT_RUNS="4")
+        run_ids = burst([base], 16, DIAMOND) + db.create_runs(DIAMOND, 8, prefix="direct")
+        wait_for(lambda: db.all_completed(run_ids), timeout=45, what="24 runs", procs=procs)
+        assert_each_node_once(db, run_ids, DIAMOND_KEYS)
+        assert_started_once(db, run_ids, [*workers, server])
+        for proc in procs.procs:
+            assert proc.alive(), proc.stderr()
+            assert "database is locked" not in proc.stderr().lower(), proc.stderr()
+            assert "Traceback" not in proc.stderr(), proc.stderr()
+
+
+# ---- 6. event order with several writers on one run --------------------------------------
+
+
+async def interleave_writers(repo: Any, run_id: str, fence: Any, rounds: int) -> tuple[Any, Any]:
+    """Writers adding events to one run in parallel transactions, and a follower reading
+    `id > last` all along. Returns (ids the follower saw, ids in the table)."""
+    import random
+
+    rng = random.Random(11)
+    done = asyncio.Event()
+
+    def event(i: int) -> NewEvent:
+        return NewEvent(
+            run_id=run_id, type="NODE_RETRYING", level="info", message=f"e{i}", payload={}
+        )
+
+    async def group_commits() -> None:  # the owner's fenced group commits
+        for i in range(rounds):
+            async with repo.bulk(fence) as writer:
+                await writer.add_events([event(i) for _ in range(rng.randint(1, 4))])
+
+    async def one_shot() -> None:  # API actions: one event, one transaction
+        for i in range(rounds):
+            await repo.add_event(
+                run_id=run_id, type="RUN_CANCELED", level="info", message=f"{i}", payload={}
+            )
+
+    async def slow_commits() -> None:  # an event, then more work before the commit
+        for i in range(rounds):
+            async with repo.batch() as writer:
+                await writer.add_event(
+                    run_id=run_id, type="NODE_FAILED", level="info", message=f"{i}", payload={}
+                )
+                await asyncio.sleep(rng.random() * 0.005)
+
+    seen: list[int] = []
+
+    async def follow() -> None:
+        last = 0
+        while True:
+            finished = done.is_set()
+            for record in await repo.list_events(run_id, after_id=last):
+                assert record.id > last
+                seen.append(record.id)
+                last = record.id
+            if finished:
+                return
+
+    follower = asyncio.create_task(follow())
+    writers = [
+        group_commits(),
+        group_commits(),
+        one_shot(),
+        one_shot(),
+        slow_commits(),
+        slow_commits(),
+    ]
+    await asyncio.gather(*writers)
+    done.set()
+    await follower
+    stored = [record.id for record in await repo.list_events(run_id)]
+    return seen, stored
+
+
+@pytest.mark.postgres
+async def test_a_follower_never_misses_an_event_of_concurrent_writers(
+    tmp_path: Path, pg_url: str
+) -> None:
+    from test_engine_support import harness
+
+    async with harness(tmp_path, pg_url) as h:
+        run_id = await h.create(PAIR)
+        now = datetime.now(UTC)
+        claim = await h.repo.claim_run(run_id, "owner-1", now, now + timedelta(minutes=1))
+        assert claim is not None
+        fence = Fence(run_id, claim.owner, claim.generation)
+        seen, stored = await interleave_writers(h.repo, run_id, fence, rounds=40)
+    assert len(stored) > 200
+    assert seen == stored  # every event, in id order, none skipped
+
+
+# ---- 7. a run continued on another machine (another RUNS_ROOT) ---------------------------
+
+
+@pytest.mark.postgres
+def test_a_run_continued_with_another_runs_root(tmp_path: Path, pg_url: str) -> None:
+    first_root, second_root = tmp_path / "first" / "runs", tmp_path / "second" / "runs"
+    env = process_env(pg_url, first_root, OFFLINE_LATENCY_MS="300", MAX_CONCURRENCY="1")
+    (tmp_path / "plan.json").write_text(json.dumps(CHAIN), encoding="utf-8")
+    with Db(pg_url, first_root) as db, Procs(tmp_path, env) as procs:
+        worker = procs.worker("w", RUNS_ROOT=str(second_root))
+        foreground = procs.start("run", "run", "--task-file", "plan.json", "--run-id", "xm")
+        wait_for(
+            lambda: len(completed_nodes(db.events("xm"), "xm")) >= 2,
+            timeout=30,
+            what="the run to be mid-way",
+            procs=procs,
+        )
+        foreground.kill()
+        done_before = completed_nodes(db.events("xm"), "xm")
+        assert done_before < set(CHAIN_KEYS)
+        wait_for(lambda: db.all_completed(["xm"]), timeout=30, what="the run", procs=procs)
+        assert "recovers run xm" in worker.stderr()
+
+        events = assert_each_node_once(db, ["xm"], CHAIN_KEYS)
+        resumed_at = next(i for i, e in enumerate(events) if e.type == "RUN_RESUMED")
+        after = {e.node_key for e in of_type(events[resumed_at:], "NODE_STARTED")}
+        assert after == set(CHAIN_KEYS) - done_before  # nothing completed was run again
+        calls = per_node(events, "LLM_CALL")
+        assert all(calls[("xm", key)] == 1 for key in done_before)
+        # the second machine holds every file of the run, the first ones from the database
+        artifacts = db.artifacts("xm")
+        assert {a.path for a in artifacts} >= {f"xm/nodes/{k}/artifact_{k}.md" for k in CHAIN_KEYS}
+        for artifact in artifacts:
+            data = (second_root / artifact.path).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == artifact.sha256, artifact.path
+        assert json.loads((second_root / "xm" / "plan.json").read_text(encoding="utf-8")) == (
+            json.loads((first_root / "xm" / "plan.json").read_text(encoding="utf-8"))
+        )
+        summary = json.loads((second_root / "xm" / "summary.json").read_text(encoding="utf-8"))
+        assert summary["status"] == "completed"
+        # the first machine never got the files of the nodes completed after the kill
+        for key in set(CHAIN_KEYS) - done_before:
+            assert not (first_root / "xm" / "nodes" / key / f"artifact_{key}.md").exists()
+
+
+# ---- 8. a run whose executors keep dying -------------------------------------------------
+
+
+def test_a_run_recovered_too_often_ends_failed(tmp_path: Path, db_url: str) -> None:
+    runs_root = tmp_path / "runs"
+    env = process_env(db_url, runs_root, RUN_MAX_RECOVERIES="1")
+    with Db(db_url, runs_root) as db, Procs(tmp_path, env) as procs:
+        (run_id,) = db.create_runs(PAIR, 1, prefix="poison")
+
+        async def die_twice(repo: Any) -> int:
+            """Two executors claim the run and die: their leases are already over."""
+            now = datetime.now(UTC)
+            past = now - timedelta(seconds=1)
+            assert await repo.claim_run(run_id, "host:1:dead", now, past)
+            await repo.update_run(run_id, status="running", started_at=now)
+            claim = await repo.claim_next_run("host:2:dead", now, past)
+            assert claim is not None and claim.recoveries == 1
+            return int(claim.recoveries)
+
+        assert db.call(die_twice) == 1
+        worker = procs.worker("w", "--once", "--json")
+        assert worker.wait(timeout=30) == 0, worker.stderr()
+        stats = json.loads(worker.stdout())
+        assert stats["recovered"] == 1 and stats["finished"] == {"failed": 1}
+        run = db.run(run_id)
+        assert (run.status, run.error_code, run.owner) == ("failed", "too_many_recoveries", None)
+        assert run.recoveries == 2
+        events = db.events(run_id)
+        assert [e.type for e in events][-1] == "RUN_FAILED"
+        assert events[-1].payload["error_code"] == "too_many_recoveries"
+        assert events[-1].payload["previous_owner"] == "host:2:dead"
+        assert not of_type(events, "NODE_STARTED")  # nothing was executed again
+        assert {node.status for node in db.nodes(run_id).values()} == {"canceled"}

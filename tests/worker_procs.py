@@ -33,7 +33,7 @@ from crew.engine.service import create_run
 from crew.settings import Settings, settings_from_values
 from crew.store import migrate
 from crew.store.database import open_repository
-from crew.store.models import events_table
+from crew.store.models import events_table, runs_table
 from crew.store.repository import Repository
 
 T = TypeVar("T")
@@ -150,7 +150,7 @@ def wait_for(
     timeout: float,
     what: str,
     procs: Procs | None = None,
-    interval: float = 0.05,
+    interval: float = 0.1,
 ) -> T:
     """Poll `condition` until it returns something truthy; fail with the logs if not."""
     deadline = time.monotonic() + timeout
@@ -268,12 +268,30 @@ class Db:
     def artifacts(self, run_id: str) -> list[Any]:
         return self.call(lambda repo: repo.list_artifacts(run_id=run_id))
 
-    def statuses(self) -> Counter[str]:
-        return Counter(run.status for run in self.runs().values())
+    def statuses(self) -> dict[str, str]:
+        """Every run's status (one light query: the tests poll it)."""
+        c = runs_table.c
+
+        async def fn(repo: Repository) -> dict[str, str]:
+            async with repo.engine.connect() as conn:
+                return {row[0]: row[1] for row in await conn.execute(select(c.id, c.status))}
+
+        return self.call(fn)
+
+    def held_by(self, proc: Proc) -> list[str]:
+        """The running runs whose lease `proc` holds."""
+        c = runs_table.c
+        stmt = select(c.id, c.owner).where(c.status == "running")
+
+        async def fn(repo: Repository) -> list[str]:
+            async with repo.engine.connect() as conn:
+                return [row[0] for row in await conn.execute(stmt) if proc.owns(row[1])]
+
+        return self.call(fn)
 
     def all_completed(self, run_ids: Iterable[str]) -> bool:
-        runs = self.runs()
-        return all(run_id in runs and runs[run_id].status == "completed" for run_id in run_ids)
+        statuses = self.statuses()
+        return all(statuses.get(run_id) == "completed" for run_id in run_ids)
 
 
 def per_node(events: Iterable[EventRow], event_type: str) -> Counter[tuple[str, str | None]]:
