@@ -58,6 +58,9 @@ class Reply:
     model: str | None = None
     finish_reason: str = "stop"
     usage: bool = True
+    prompt_tokens: int | None = None
+    """Usage to report instead of the count of the text (a server that miscounts)."""
+    completion_tokens: int | None = None
     cut_after: int | None = None
     trickle_s: float = 0.0
 
@@ -322,7 +325,9 @@ class OllamaServer(FakeLLMServer):
 
     @staticmethod
     def chat_body(request_body: dict[str, Any], reply: Reply) -> dict[str, Any]:
-        wants_json = request_body.get("format") == "json"
+        wants_json = request_body.get("format") == "json" or isinstance(
+            request_body.get("format"), dict
+        )
         content = (
             reply.content
             if reply.content is not None
@@ -340,8 +345,14 @@ class OllamaServer(FakeLLMServer):
             "eval_duration": 4535599000,
         }
         if reply.usage:
-            body["prompt_eval_count"] = _tokens(_messages_text(request_body))
-            body["eval_count"] = _tokens(content)
+            body["prompt_eval_count"] = (
+                reply.prompt_tokens
+                if reply.prompt_tokens is not None
+                else _tokens(_messages_text(request_body))
+            )
+            body["eval_count"] = (
+                reply.completion_tokens if reply.completion_tokens is not None else _tokens(content)
+            )
         return body
 
 
@@ -413,7 +424,10 @@ class OpenAIServer(FakeLLMServer):
 
     def chat_body(self, request_body: dict[str, Any], reply: Reply) -> dict[str, Any]:
         requested = str(request_body.get("model", ""))
-        wants_json = (request_body.get("response_format") or {}).get("type") == "json_object"
+        wants_json = (request_body.get("response_format") or {}).get("type") in (
+            "json_object",
+            "json_schema",
+        )
         content = (
             reply.content
             if reply.content is not None
@@ -437,6 +451,10 @@ class OpenAIServer(FakeLLMServer):
         if reply.usage:
             prompt = _tokens(_messages_text(request_body))
             completion = _tokens(content)
+            if reply.prompt_tokens is not None:
+                prompt = reply.prompt_tokens
+            if reply.completion_tokens is not None:
+                completion = reply.completion_tokens
             body["usage"] = {
                 "prompt_tokens": prompt,
                 "completion_tokens": completion,
