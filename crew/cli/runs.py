@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -181,3 +182,63 @@ def _print_run(data: dict[str, Any], settings: Any) -> None:
             str(artifact["size"]),
         )
     console.print(artifacts)
+
+
+@runs_app.command("export")
+@handle_errors
+def export_run(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(help="Run id or a unique prefix.")],
+    directory: Annotated[
+        Path, typer.Argument(help="Where to write the run's folder (DIR/<run_id>/...).")
+    ],
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+) -> None:
+    """Write a run's whole folder (plan, artifacts, sidecars, summary) from the database.
+
+    Works on any machine that reaches the database: the database holds every file's
+    content, so nothing has to be copied from the machine that executed the run.
+    """
+    if directory.exists() and not directory.is_dir():
+        raise InvalidInputError(f"{directory} exists and is not a directory")
+    settings = load_cli_settings(ctx)
+
+    async def main() -> dict[str, Any]:
+        from crew.domain.plan import parse_plan
+        from crew.engine.files import RunFiles
+        from crew.engine.service import restore_files
+        from crew.store.database import open_repository
+
+        async with open_repository(settings) as repo:
+            target = await repo.resolve_run_id(run_id)
+            run = await repo.get_run(target)
+            artifacts = await repo.list_artifacts(run_id=target)
+        assert run is not None
+        missing = [a.path for a in artifacts if a.content is None]
+        try:
+            written = restore_files(
+                RunFiles(directory, target), parse_plan(run.task_spec), artifacts
+            )
+        except OSError as error:
+            raise InvalidInputError(f"cannot write under {directory}: {error}") from None
+        return {
+            "run_id": target,
+            "directory": str(directory / target),
+            "files": 1 + len(artifacts) - len(missing),
+            "written": written,
+            "without_content": missing,
+        }
+
+    result = run_async(main)
+    if json_output:
+        import json
+
+        print(json.dumps(result, ensure_ascii=False))
+        return
+    typer.echo(
+        f"exported run {result['run_id']} to {result['directory']} "
+        f"({result['files']} file(s), {result['written']} written)",
+        err=True,
+    )
+    for path in result["without_content"]:
+        typer.echo(f"warning: {path} has no stored content (recorded by an older crew)", err=True)

@@ -44,7 +44,7 @@ class RunFiles:
     runs_root: Path
     run_id: str
     max_bytes: int | None = None
-    """ARTIFACT_MAX_BYTES: a larger file is refused with ArtifactTooLargeError."""
+    """ARTIFACT_MAX_BYTES: a larger node output is refused with ArtifactTooLargeError."""
 
     @property
     def folder(self) -> Path:
@@ -78,7 +78,7 @@ class RunFiles:
 
     def write_text(self, path: Path, text: str) -> WrittenFile:
         data = text.encode("utf-8")
-        if self.max_bytes is not None and len(data) > self.max_bytes:
+        if self.max_bytes is not None and len(data) > self.max_bytes and _is_output(path):
             relative = path.relative_to(self.runs_root).as_posix()
             raise ArtifactTooLargeError(
                 f"{relative} would be {len(data):,} bytes, over ARTIFACT_MAX_BYTES "
@@ -172,6 +172,12 @@ def artifact_row(
 
 def to_json_text(payload: Any) -> str:
     return json.dumps(payload, ensure_ascii=False, indent=2) + "\n"
+
+
+def _is_output(path: Path) -> bool:
+    """A node's answer (markdown, manager assignment): what ARTIFACT_MAX_BYTES limits.
+    The engine's own records (sidecars, plan, summary) are bounded by construction."""
+    return path.parent.parent.name == "nodes" and not path.name.endswith(".llm.json")
 
 
 def write_atomic(path: Path, data: bytes) -> None:

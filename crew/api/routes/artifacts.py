@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import mimetypes
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
@@ -145,11 +146,30 @@ def file_under(root: Path, relative: str) -> Path | None:
     ),
 )
 async def download_artifact(request: Request) -> Response:
+    """The database's copy when it has one: it is the truth, and the file may live on
+    another machine (a worker with its own RUNS_ROOT). Rows without content (written by
+    an older crew) are served from the file under RUNS_ROOT, if it is there."""
     artifact = await _artifact(request)
+    name = PurePosixPath(artifact.path).name or "artifact"
+    if artifact.content is not None:
+        return Response(
+            artifact.content.encode("utf-8"),
+            media_type=_media_type(name),
+            headers={"Content-Disposition": _attachment(name)},
+        )
     real = file_under(Path(api_state(request).settings.runs_root), artifact.path)
     if real is None:
         raise ApiError(404, "the artifact's file is not available", code="not_found")
-    media_type = CONTENT_TYPES.get(real.suffix.lower())
-    if media_type is None:
-        media_type = mimetypes.guess_type(real.name)[0] or "application/octet-stream"
-    return FileResponse(real, media_type=media_type, filename=real.name)
+    return FileResponse(real, media_type=_media_type(real.name), filename=real.name)
+
+
+def _media_type(name: str) -> str:
+    suffix = PurePosixPath(name).suffix.lower()
+    known = CONTENT_TYPES.get(suffix)
+    return known or mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+def _attachment(name: str) -> str:
+    """A Content-Disposition naming the file; any character is percent-encoded, so a
+    stored path can never inject a header."""
+    return f"attachment; filename*=utf-8''{quote(name, safe='')}"
