@@ -319,4 +319,4 @@ def test_openapi_lists_every_route(client) -> None:  # type: ignore[no-untyped-d
     from crew.api.spec import ENDPOINTS
 
     assert routes == {(e.method, e.path) for e in ENDPOINTS}
-    assert len(routes) == 19  # DELETE /runs/{run_id} included
+    assert len(routes) == 20  # DELETE /runs/{run_id} and GET /workers included

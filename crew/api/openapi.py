@@ -121,7 +121,7 @@ SCHEMAS: dict[str, Any] = {
         {
             "id": {"type": "string"},
             "name": {"type": "string"},
-            "kind": {"enum": ["worker", "serve"]},
+            "kind": {"enum": ["worker", "serve", "run"]},
             "host": {"type": "string"},
             "pid": INT,
             "status": {"enum": ["running", "draining"]},

@@ -64,7 +64,6 @@ class ApiState:
         self.reads = ReadStore.open(self.settings.database_url, engine)
         registry = self.registry_factory(self.settings) if self.registry_factory else None
         self.runs = RunManager(self.settings, self.repo, registry, hooks=self.hooks)
-        await self.runs.start_worker()
         self.limiter = TokenBuckets(
             self.settings.tasks_rate_per_min, self.settings.tasks_rate_burst
         )
@@ -72,6 +71,9 @@ class ApiState:
             await self.ready()
         except DatabaseUnavailableError as error:
             log.warning("starting without the database (%s); /health reports it", error)
+        # After the schema check (which creates a new SQLite database): the embedded
+        # worker retries by itself while the database is unreachable.
+        await self.runs.start_worker()
 
     async def close(self) -> None:
         self.shutting_down.set()

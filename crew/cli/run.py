@@ -254,16 +254,19 @@ def run_command(
                 if resume is not None:
                     target = await repo.resolve_run_id(resume)
                     known["run_id"] = target
-                    outcome = await execute_run(
-                        repo,
-                        settings,
-                        client,
-                        target,
-                        resume=True,
-                        overrides=tuple(override or ()),
-                        option_changes=changes,
-                        listeners=[*view.listeners(), *observers],
-                    )
+                    resumer = new_owner()
+                    async with _registered(repo, settings, resumer):
+                        outcome = await execute_run(
+                            repo,
+                            settings,
+                            client,
+                            target,
+                            resume=True,
+                            overrides=tuple(override or ()),
+                            option_changes=changes,
+                            listeners=[*view.listeners(), *observers],
+                            owner=resumer,
+                        )
                     if outcome.already_completed:
                         view.say(f"run {target} is already completed; nothing to do")
                     return outcome.summary
@@ -293,7 +296,7 @@ def run_command(
                     view.preview(settings, client, the_plan, options, supervisor is not None)
                 # A foreground run is leased to this process from its creation, so no
                 # worker takes it; a detached one waits in the queue for one.
-                owner = None if detach else new_owner()
+                owner: str | None = None if detach else new_owner()
                 new_id = await create_run(
                     repo,
                     settings,
@@ -307,14 +310,16 @@ def run_command(
                 if detach:
                     return {"run_id": new_id, "status": "queued", "detached": True}
                 view.start(the_plan.title)
-                outcome = await execute_run(
-                    repo,
-                    settings,
-                    client,
-                    new_id,
-                    listeners=[*view.listeners(), *observers],
-                    owner=owner,
-                )
+                assert owner is not None
+                async with _registered(repo, settings, owner):
+                    outcome = await execute_run(
+                        repo,
+                        settings,
+                        client,
+                        new_id,
+                        listeners=[*view.listeners(), *observers],
+                        owner=owner,
+                    )
                 return outcome.summary
         finally:
             view.stop()
@@ -344,6 +349,24 @@ def run_command(
         raise typer.Exit(0)
     view.finish(summary)
     raise typer.Exit(exit_code(summary))
+
+
+def _registered(repo: Any, settings: Any, owner: str) -> Any:
+    """This process in the workers registry while it executes its run (kind `run`)."""
+    import os
+    import socket
+
+    from crew.engine.worker import registered
+
+    return registered(
+        repo,
+        settings,
+        worker_id=owner,
+        name=f"run@{socket.gethostname()}:{os.getpid()}",
+        kind="run",
+        max_runs=1,
+        state=lambda: (1, "running"),
+    )
 
 
 def exit_code(summary: dict[str, Any]) -> int:

@@ -145,10 +145,18 @@ def _serve_one(settings: Any, insecure_no_auth: bool, common: dict[str, Any]) ->
 
     app = create_app(settings, insecure_no_auth=insecure_no_auth)
 
+    signals = 0
+
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
-            # SIGTERM/Ctrl-C: stop the runs now (they end `interrupted`, resumable) so
-            # open event streams see their last event and close, then shut down.
+            # SIGTERM/Ctrl-C: stop claiming runs; those in flight get
+            # WORKER_SHUTDOWN_GRACE_S, then go back to the queue for the next server or
+            # worker. Open event streams close. A second signal exits 130 at once: the
+            # runs' leases then expire and other executors take them over.
+            nonlocal signals
+            signals += 1
+            if signals > 1:
+                os._exit(130)
             app.state.crew.begin_shutdown_threadsafe()
             super().handle_exit(sig, frame)
 

@@ -22,7 +22,8 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -122,34 +123,19 @@ class Worker:
 
     async def run(self, *, once: bool = False) -> WorkerStats:
         """Claim and execute runs until `shutdown()` (or, with `once`, the queue is empty)."""
-        now = utcnow()
-        await self.repo.register_worker(
-            WorkerRecord(
-                id=self.id,
-                name=self.name,
-                kind=self.kind,
-                host=socket.gethostname(),
-                pid=os.getpid(),
-                status="running",
-                max_runs=self.max_runs,
-                runs_held=0,
-                started_at=now,
-                heartbeat_at=now,
-            )
-        )
-        await self.repo.forget_workers_before(now - FORGET_WORKERS_AFTER)
-        beat = asyncio.create_task(self._registry_heartbeat(), name="crew-worker-heartbeat")
-        self._started.set()
-        try:
+        async with registered(
+            self.repo,
+            self.settings,
+            worker_id=self.id,
+            name=self.name,
+            kind=self.kind,
+            max_runs=self.max_runs,
+            state=lambda: (len(self._active), "draining" if self._stopping else "running"),
+            on_counts=self._on_counts,
+        ):
+            self._started.set()
             await self._loop(once)
             await self._drain()
-        finally:
-            beat.cancel()
-            await asyncio.gather(beat, return_exceptions=True)
-            try:
-                await asyncio.shield(self.repo.deregister_worker(self.id))
-            except Exception:  # the database may be what stopped us
-                log.warning("worker %s could not deregister", self.name, exc_info=True)
         return self.stats
 
     async def _loop(self, once: bool) -> None:
@@ -260,18 +246,61 @@ class Worker:
                 executor.release_now()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _registry_heartbeat(self) -> None:
-        interval = max(0.2, self.settings.run_lease_s / 3)
+
+@asynccontextmanager
+async def registered(
+    repo: Any,
+    settings: Settings,
+    *,
+    worker_id: str,
+    name: str,
+    kind: str,
+    max_runs: int,
+    state: Callable[[], tuple[int, str]],
+    on_counts: Callable[[dict[str, int]], None] | None = None,
+) -> AsyncIterator[None]:
+    """Register an executing process in the workers table while the body runs.
+
+    A heartbeat task keeps its row fresh (runs held, running or draining); the row is
+    removed at the end, and rows of processes silent for a day are forgotten. The
+    registry is for operators: its failures are logged, never fatal to the runs.
+    """
+    now = utcnow()
+    await repo.register_worker(
+        WorkerRecord(
+            id=worker_id,
+            name=name,
+            kind=kind,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            status="running",
+            max_runs=max_runs,
+            runs_held=0,
+            started_at=now,
+            heartbeat_at=now,
+        )
+    )
+    await repo.forget_workers_before(now - FORGET_WORKERS_AFTER)
+
+    async def beat() -> None:
+        interval = max(0.2, settings.run_lease_s / 3)
         while True:
             await asyncio.sleep(interval)
+            held, status = state()
             try:
-                await self.repo.worker_heartbeat(
-                    self.id,
-                    utcnow(),
-                    runs_held=len(self._active),
-                    status="draining" if self._stopping else "running",
-                )
-                if self._on_counts is not None:
-                    self._on_counts(await self.repo.count_runs_by_lease(utcnow()))
-            except Exception:  # the registry is for operators; the runs go on
-                log.warning("worker %s: registry heartbeat failed", self.name, exc_info=True)
+                await repo.worker_heartbeat(worker_id, utcnow(), runs_held=held, status=status)
+                if on_counts is not None:
+                    on_counts(await repo.count_runs_by_lease(utcnow()))
+            except Exception:
+                log.warning("%s: registry heartbeat failed", name, exc_info=True)
+
+    task = asyncio.create_task(beat(), name="crew-registry-heartbeat")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        try:
+            await asyncio.shield(repo.deregister_worker(worker_id))
+        except Exception:  # the database may be what stopped us
+            log.warning("%s could not deregister", name, exc_info=True)
