@@ -115,3 +115,23 @@ def test_offline_only_is_fine() -> None:
     result = doctor()
     assert result.exit_code == 0, result.output
     assert "offline" in result.stdout
+
+
+def test_a_model_the_server_does_not_serve_fails_and_gets_no_list_price(
+    monkeypatch: pytest.MonkeyPatch, servers: tuple[OpenAIServer, OllamaServer]
+) -> None:
+    openai, _ = servers
+    openai.models = ["crew-tiny"]  # a local server that would answer under any name
+    configure(monkeypatch, servers)
+    result = doctor("--json")
+    assert result.exit_code == 4, result.output
+    report = json.loads(result.stdout)
+    check = next(c for c in report["providers"] if c["name"] == "openai")
+    assert check["ok"] is False
+    assert (
+        'does not serve model "gpt-4o-mini"' in check["detail"] and "crew-tiny" in check["detail"]
+    )
+    supervisor = next(r for r in report["roles"] if r["role"] == "supervisor")
+    assert supervisor["price_source"] is None  # no list price for calls it will not make
+    text = doctor().stdout
+    assert "FAIL openai" in text and "price unknown" in text

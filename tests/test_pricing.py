@@ -14,6 +14,7 @@ from crew.llm.pricing import (
     cost_usd,
     price_for,
     reset_warnings,
+    served_price,
     worst_case_cost,
 )
 from crew.settings import Settings, settings_from_values
@@ -128,3 +129,15 @@ def test_cost_and_worst_case() -> None:
     assert cost_usd(price, 0, 0) == 0.0
     assert worst_case_cost(price, 2000, 4096) == pytest.approx(0.0003 + 0.0024576)
     assert worst_case_cost(price, 2000, 4096) >= cost_usd(price, 2000, 100)
+
+
+def test_a_list_price_applies_only_to_a_served_model(caplog: pytest.LogCaptureFixture) -> None:
+    price = price_for(settings(), "openai", "gpt-4o-mini", None)
+    assert price is not None
+    served = frozenset({"gpt-4o-mini-2024-07-18"})
+    assert served_price(price, "openai", "gpt-4o-mini", served) is price  # a dated name
+    assert served_price(price, "openai", "gpt-4o-mini", frozenset({"crew-tiny"})) is None
+    assert served_price(price, "openai", "gpt-4o", None) is None  # the list was unreadable
+    warnings = [r.getMessage() for r in caplog.records]
+    assert any("does not list this model" in w for w in warnings)
+    assert any("could not be read" in w for w in warnings)
