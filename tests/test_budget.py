@@ -83,3 +83,28 @@ async def test_for_run_starts_from_stored_totals_and_supervisor_calls() -> None:
     )
     assert budget is not None
     assert budget.spent_cost_usd == pytest.approx(0.75) and budget.spent_tokens == 165
+
+
+def test_the_prompt_bound_counts_bytes_not_characters() -> None:
+    french = "Synthèse détaillée : où en est-on ? Éléments déjà réunis, à vérifier. " * 20
+    req = request(text=french)
+    # every tokenizer makes at most one token per byte; accented letters are two bytes
+    assert prompt_tokens_worst(req) >= len(french.encode("utf-8")) > len(french)
+
+
+async def test_usage_reported_past_a_limit_ends_the_budget_with_the_overshoot() -> None:
+    budget = RunBudget(max_tokens=1000)
+    req = request(max_tokens=100)
+    token = await budget.reserve(req, None)
+    budget.settle(token, result(req, 300, 5000, 0.0))  # a server ignoring max_tokens
+    assert budget.exceeded is not None and budget.exceeded.overshoot == 4300
+    assert budget.exceeded.payload()["overshoot"] == 4300
+    assert budget.claim_report() and not budget.claim_report()  # one BUDGET_EXCEEDED
+    with pytest.raises(RunBudgetExceeded):
+        await budget.reserve(request(max_tokens=1, text="x"), None)
+
+
+def test_a_budget_already_passed_by_the_supervisor_is_spent() -> None:
+    budget = RunBudget(max_cost_usd=0.01, spent_cost_usd=0.02)
+    assert budget.exceeded is not None and budget.exceeded.kind == "cost"
+    assert budget.exceeded.overshoot == pytest.approx(0.01)
