@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import json
 import signal
+import subprocess
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -555,3 +556,27 @@ def test_a_run_recovered_too_often_ends_failed(tmp_path: Path, db_url: str) -> N
         assert events[-1].payload["previous_owner"] == "host:2:dead"
         assert not of_type(events, "NODE_STARTED")  # nothing was executed again
         assert {node.status for node in db.nodes(run_id).values()} == {"canceled"}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a run that cannot be set up (here: a stored plan that no longer validates) is "
+    "released to the queue and claimed again at once, forever: the worker spins on it, "
+    "never reaches the runs behind it, and `--once` never exits",
+)
+def test_a_run_that_cannot_start_does_not_block_the_queue(tmp_path: Path, sqlite_url: str) -> None:
+    runs_root = tmp_path / "runs"
+    env = process_env(sqlite_url, runs_root)
+    with Db(sqlite_url, runs_root) as db, Procs(tmp_path, env) as procs:
+        (bad,) = db.create_runs(PAIR, 1, prefix="bad")
+        db.call(lambda repo: repo.update_run(bad, task_spec={"title": "T", "plan": []}))
+        (good,) = db.create_runs(PAIR, 1, prefix="good")
+        worker = procs.worker("w", "--once")
+        try:
+            code = worker.wait(timeout=6)
+        except subprocess.TimeoutExpired:
+            code = None
+        claims = worker.stderr().count(f"run {bad} could not execute")
+        assert code == 0, f"still running after {claims} claims of the bad run"
+        assert db.run(good).status == "completed"
+        assert db.run(bad).status == "failed"
