@@ -257,7 +257,13 @@ def test_artifacts_preview_download_and_containment(client, tmp_path: Path) -> N
     assert dl.status_code == 200 and dl.headers["content-type"].startswith("text/markdown")
     assert dl.text.startswith("# Hello")
     assert_error(client.get(f"/artifacts/{escape}/download", headers=H), 404)
-    assert_error(client.get(f"/artifacts/{sidecar}/download", headers=H), 404)
+    # no file on this machine: the database's copy is served (another worker wrote it)
+    from_db = client.get(f"/artifacts/{sidecar}/download", headers=H)
+    assert from_db.status_code == 200 and from_db.text == "{}"
+    assert from_db.headers["content-type"].startswith("application/json")
+    assert "missing.llm.json" in from_db.headers["content-disposition"]
+    escape_with_content = call(client, add, "../outside.md", "markdown", "secret")
+    assert_error(client.get(f"/artifacts/{escape_with_content}/download", headers=H), 404)
     assert_error(client.get("/artifacts/nope", headers=H), 404)
     assert_error(client.get("/runs/nope/artifacts", headers=H), 404)
 

@@ -25,6 +25,7 @@ from crew.engine.journal import EventListener, Journal
 from crew.engine.node_work import NodeWork
 from crew.engine.options import RunOptions
 from crew.engine.state import NodeState
+from crew.engine.store import EngineStore
 from crew.engine.summary import build_summary
 from crew.engine.write_queue import WriteQueue
 from crew.store.leases import Fence
@@ -47,7 +48,7 @@ class RunLifecycle:
     def __init__(
         self,
         *,
-        repo: Any,
+        repo: EngineStore,
         work: NodeWork,
         run: Any,
         plan: Plan,

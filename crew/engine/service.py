@@ -30,6 +30,7 @@ from crew.engine.node_work import NodeWork, render_manager_answer
 from crew.engine.options import RunOptions
 from crew.engine.runner import RunExecutor
 from crew.engine.state import NodeState
+from crew.engine.store import EngineStore
 from crew.engine.summary import build_summary
 from crew.engine.supervisor_record import record_supervisor_calls, stored_supervisor_sidecar
 from crew.llm.client import CallResult, LLMClient
@@ -87,7 +88,7 @@ def check_run_id(run_id: str) -> None:
 
 
 async def create_run(
-    repo: Any,
+    repo: EngineStore,
     settings: Settings,
     plan: Plan,
     *,
@@ -155,7 +156,7 @@ RESUMABLE_BY_REQUEST = (
 )
 
 
-async def requeue_for_resume(repo: Any, run_id: str) -> None:
+async def requeue_for_resume(repo: EngineStore, run_id: str) -> None:
     """Queue a failed, interrupted or canceled run again (a resume asked for through
     the API); the executor that claims it resumes it (RUN_RESUMED, reason `manual`)."""
     if not await repo.update_run(
@@ -202,7 +203,7 @@ def owner_alive(owner: str | None) -> bool | None:
     return True
 
 
-async def claim_by_id(repo: Any, settings: Settings, run: Any, owner: str) -> Claim:
+async def claim_by_id(repo: EngineStore, settings: Settings, run: Any, owner: str) -> Claim:
     """Claim one run for this process, or say who holds it and until when.
 
     A holder on this host whose process is gone does not make anyone wait for its lease
@@ -253,7 +254,7 @@ def resume_reason_of(run: Any, claim: Claim, *, manual: bool) -> ResumeReason | 
 
 
 async def execute_run(
-    repo: Any,
+    repo: EngineStore,
     settings: Settings,
     client: LLMClient,
     run_id: str,
@@ -290,7 +291,7 @@ async def execute_run(
 
 
 async def execute_claimed(
-    repo: Any,
+    repo: EngineStore,
     settings: Settings,
     client: LLMClient,
     claim: Claim,
@@ -364,7 +365,9 @@ async def execute_claimed(
     return RunOutcome(run.id, RunStatus(summary["status"]), summary)
 
 
-async def _fail_unrecoverable(repo: Any, settings: Settings, run: Any, claim: Claim) -> RunOutcome:
+async def _fail_unrecoverable(
+    repo: EngineStore, settings: Settings, run: Any, claim: Claim
+) -> RunOutcome:
     """A run whose executors keep dying ends `failed` instead of crashing workers forever."""
     now = utcnow()
     error = (
@@ -414,7 +417,7 @@ async def _fail_unrecoverable(repo: Any, settings: Settings, run: Any, claim: Cl
     return RunOutcome(run.id, RunStatus.FAILED, summary)
 
 
-async def request_cancel(repo: Any, run_id: str) -> RunStatus:
+async def request_cancel(repo: EngineStore, run_id: str) -> RunStatus:
     """Ask a run to stop as `canceled`; returns its status after the request.
 
     A queued run is canceled on the spot. A running one is flagged in the database: the
@@ -461,13 +464,13 @@ async def request_cancel(repo: Any, run_id: str) -> RunStatus:
     return RunStatus.RUNNING
 
 
-async def _load_states(repo: Any, plan: Plan, run_id: str) -> dict[str, NodeState]:
+async def _load_states(repo: EngineStore, plan: Plan, run_id: str) -> dict[str, NodeState]:
     states, _ = await _load_states_and_artifacts(repo, plan, run_id)
     return states
 
 
 async def _load_states_and_artifacts(
-    repo: Any, plan: Plan, run_id: str
+    repo: EngineStore, plan: Plan, run_id: str
 ) -> tuple[dict[str, NodeState], list[Any]]:
     """Each node's state, its output taken from the database (not from a local file)."""
     nodes = await repo.list_nodes(run_id)
@@ -514,7 +517,7 @@ def restore_files(files: RunFiles, plan: Plan, artifacts: Sequence[Any]) -> int:
     return restored
 
 
-async def run_summary(repo: Any, settings: Settings, run_id: str) -> dict[str, Any]:
+async def run_summary(repo: EngineStore, settings: Settings, run_id: str) -> dict[str, Any]:
     """The summary of a run as the database has it now (any status)."""
     run = await repo.get_run(run_id)
     if run is None:

@@ -15,13 +15,14 @@ from typing import Any
 
 from crew.engine.files import RunFiles, artifact_row
 from crew.engine.sidecar import build_sidecar, usage_of
+from crew.engine.store import EngineStore
 from crew.llm.client import CallResult
 
 SUPERVISOR_ROLE = "Supervisor"
 
 
 async def record_supervisor_calls(
-    repo: Any,
+    repo: EngineStore,
     files: RunFiles,
     calls: Sequence[CallResult],
     *,
@@ -48,7 +49,7 @@ async def record_supervisor_calls(
 
 
 async def stored_supervisor_sidecar(
-    repo: Any, files: RunFiles
+    repo: EngineStore, files: RunFiles
 ) -> tuple[Any, dict[str, Any]] | None:
     """The supervisor's sidecar row of a run and its decoded content; None if it had none."""
     relative = files.supervisor_sidecar().relative_to(files.runs_root).as_posix()

@@ -74,8 +74,9 @@ def worker_item(worker: Any, runs: list[str], lease_s: float) -> dict[str, Any]:
     `alive` is false once it has missed two lease periods of heartbeats: it died
     without deregistering, and its runs are (or will be) taken over.
     """
-    item = jsonable(worker)
+    item = jsonable(worker, only=tuple(f.name for f in fields(worker)))
     silent_for = (datetime.now(UTC) - worker.heartbeat_at).total_seconds()
     item["alive"] = silent_for <= 2 * lease_s
     item["runs"] = runs
+    item["runs_held"] = len(runs)  # the database's word, fresher than the last beat
     return item

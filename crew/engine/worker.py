@@ -33,6 +33,7 @@ from crew.domain.status import RunStatus
 from crew.engine.lifecycle import utcnow
 from crew.engine.runner import RunExecutor
 from crew.engine.service import execute_claimed, lease_until, new_owner
+from crew.engine.store import EngineStore
 from crew.llm.client import LLMClient
 from crew.settings import Settings
 from crew.store.records import Claim, WorkerRecord
@@ -56,7 +57,7 @@ class WorkerStats:
 class Worker:
     def __init__(
         self,
-        repo: Any,
+        repo: EngineStore,
         settings: Settings,
         client: LLMClient,
         *,
@@ -249,7 +250,7 @@ class Worker:
 
 @asynccontextmanager
 async def registered(
-    repo: Any,
+    repo: EngineStore,
     settings: Settings,
     *,
     worker_id: str,

@@ -151,7 +151,7 @@ async def download_artifact(request: Request) -> Response:
     an older crew) are served from the file under RUNS_ROOT, if it is there."""
     artifact = await _artifact(request)
     name = PurePosixPath(artifact.path).name or "artifact"
-    if artifact.content is not None:
+    if artifact.content is not None and _could_be_under_root(artifact.path):
         return Response(
             artifact.content.encode("utf-8"),
             media_type=_media_type(name),
@@ -161,6 +161,15 @@ async def download_artifact(request: Request) -> Response:
     if real is None:
         raise ApiError(404, "the artifact's file is not available", code="not_found")
     return FileResponse(real, media_type=_media_type(real.name), filename=real.name)
+
+
+def _could_be_under_root(relative: str) -> bool:
+    """Whether a stored path names a place a file under RUNS_ROOT could have: a row whose
+    path could never be a file there is answered like a missing file (404)."""
+    if not relative or "\x00" in relative or "\\" in relative:
+        return False
+    path = PurePosixPath(relative)
+    return not path.is_absolute() and ".." not in path.parts and path.name not in ("", ".")
 
 
 def _media_type(name: str) -> str:

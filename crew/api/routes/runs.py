@@ -136,6 +136,7 @@ async def get_summary(request: Request) -> Response:
     from crew.engine.service import run_summary
 
     state = api_state(request)
+    assert state.repo is not None  # _detail checked the database
     summary = await run_summary(state.repo, state.settings, request.path_params["run_id"])
     return render(summary)
 
@@ -155,6 +156,7 @@ async def cancel_run(request: Request) -> Response:
     from crew.engine.service import request_cancel
 
     run_id = request.path_params["run_id"]
+    assert state.repo is not None  # ready() opened it
     status = await request_cancel(state.repo, run_id)
     body = {
         "run_id": run_id,
