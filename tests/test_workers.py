@@ -204,11 +204,6 @@ def file_states(runs_root: Path) -> dict[str, tuple[int, int]]:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an executor that lost its lease still writes its in-flight node's files under "
-    "RUNS_ROOT (node_work writes them before the fenced commit), over the new owner's",
-)
 def test_fencing_a_paused_owner_leaves_the_new_owners_files_alone(
     tmp_path: Path, sqlite_url: str
 ) -> None:
@@ -558,12 +553,6 @@ def test_a_run_recovered_too_often_ends_failed(tmp_path: Path, db_url: str) -> N
         assert {node.status for node in db.nodes(run_id).values()} == {"canceled"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a run that cannot be set up (here: a stored plan that no longer validates) is "
-    "released to the queue and claimed again at once, forever: the worker spins on it, "
-    "never reaches the runs behind it, and `--once` never exits",
-)
 def test_a_run_that_cannot_start_does_not_block_the_queue(tmp_path: Path, sqlite_url: str) -> None:
     runs_root = tmp_path / "runs"
     env = process_env(sqlite_url, runs_root)

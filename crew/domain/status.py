@@ -54,6 +54,7 @@ class EndReason(StrEnum):
     CANCELED = "canceled"
     INTERRUPTED = "interrupted"
     TOO_MANY_RECOVERIES = "too_many_recoveries"
+    SETUP_FAILED = "setup_failed"
 
 
 class ResumeReason(StrEnum):

@@ -76,7 +76,13 @@ class RunFiles:
     def manager_sidecar(self, key: str) -> Path:
         return self.node_folder(key) / f"manager_{key}.llm.json"
 
-    def write_text(self, path: Path, text: str) -> WrittenFile:
+    def prepare(self, path: Path, text: str) -> WrittenFile:
+        """Describe a file to write (path, hash, size, content) without touching the disk.
+
+        An executor records a file in the database first (a fenced commit) and writes it
+        after: a process that lost its run's lease never gets to overwrite the new
+        owner's files, and a crash in between is repaired from the database on resume.
+        """
         data = text.encode("utf-8")
         if self.max_bytes is not None and len(data) > self.max_bytes and _is_output(path):
             relative = path.relative_to(self.runs_root).as_posix()
@@ -84,7 +90,6 @@ class RunFiles:
                 f"{relative} would be {len(data):,} bytes, over ARTIFACT_MAX_BYTES "
                 f"({self.max_bytes:,}); raise the limit or ask for a shorter output"
             )
-        write_atomic(path, data)
         return WrittenFile(
             path=path,
             relative=path.relative_to(self.runs_root).as_posix(),
@@ -92,6 +97,25 @@ class RunFiles:
             size=len(data),
             text=text,
         )
+
+    def write_text(self, path: Path, text: str) -> WrittenFile:
+        written = self.prepare(path, text)
+        write_atomic(path, text.encode("utf-8"))
+        return written
+
+    async def write_prepared(self, files: Sequence[WrittenFile]) -> None:
+        """Write prepared files in a worker thread.
+
+        Creating files costs the filesystem far more than the bytes do; in a thread it
+        overlaps with the database commits and with other nodes' writes instead of
+        stalling the event loop that schedules every node.
+        """
+
+        def write_all() -> None:
+            for prepared in files:
+                write_atomic(prepared.path, prepared.text.encode("utf-8"))
+
+        await asyncio.get_running_loop().run_in_executor(_file_writers(), write_all)
 
     def restore(self, relative: str, content: str) -> bool:
         """Write a file back from its database copy if it is missing or differs.
@@ -113,18 +137,6 @@ class RunFiles:
 
     def write_json(self, path: Path, payload: Any) -> WrittenFile:
         return self.write_text(path, to_json_text(payload))
-
-    async def write_many(self, files: Sequence[tuple[Path, str]]) -> list[WrittenFile]:
-        """Write several files in a worker thread.
-
-        Creating files costs the filesystem far more than the bytes do; in a thread it
-        overlaps with the database commits and with other nodes' writes instead of
-        stalling the event loop that schedules every node.
-        """
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            _file_writers(), lambda: [self.write_text(p, t) for p, t in files]
-        )
 
 
 @lru_cache(maxsize=4096)

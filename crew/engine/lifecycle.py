@@ -20,7 +20,7 @@ from crew.domain.events import EventLevel, EventType
 from crew.domain.plan import Plan
 from crew.domain.status import EndReason, NodeStatus, ResumeReason, RunStatus
 from crew.engine.budget import RunBudget
-from crew.engine.files import RunFiles, WrittenFile, artifact_row
+from crew.engine.files import RunFiles, WrittenFile, artifact_row, to_json_text
 from crew.engine.journal import EventListener, Journal
 from crew.engine.node_work import NodeWork
 from crew.engine.options import RunOptions
@@ -303,6 +303,7 @@ class RunLifecycle:
             await writer.release_run(run_id, owner)
 
         await self.journal.commit(event, apply=apply)
+        await self.files.write_prepared([written])  # after the fenced commit
         return summary
 
     async def _write_summary(
@@ -327,12 +328,14 @@ class RunLifecycle:
             error=error,
         )
         summary["error_code"] = error_code
-        return summary, self.files.write_json(self.files.summary(), summary)
+        return summary, self.files.prepare(self.files.summary(), to_json_text(summary))
 
     async def _summary(self, status: RunStatus) -> dict[str, Any]:
         """The summary of a run that stopped early (also written to summary.json)."""
         code = status.value if status in (RunStatus.CANCELED, RunStatus.INTERRUPTED) else None
-        summary, _ = await self._write_summary(status, utcnow(), error_code=code)
+        summary, written = await self._write_summary(status, utcnow(), error_code=code)
+        if status != RunStatus.QUEUED:  # a released run is another executor's to describe
+            await self.files.write_prepared([written])
         return summary
 
     async def _stop(self, status: RunStatus) -> None:

@@ -273,8 +273,8 @@ class NodeWork:
         main: tuple[Path, str],
         sidecar_path: Path,
     ) -> tuple[WrittenFile, WrittenFile]:
-        """Write the node's main file and its sidecar, once the nodes a released slot
-        started have made their calls."""
+        """Prepare the node's main file and its sidecar, once the nodes a released slot
+        started have made their calls; they are written after their rows commit."""
         await yield_to_started_nodes()
         sidecar_payload = build_sidecar(
             run_id=self.run_id,
@@ -284,10 +284,10 @@ class NodeWork:
             calls=calls,
             prompt_max_chars=self.settings.sidecar_prompt_max_chars,
         )
-        main_file, sidecar = await self.files.write_many(
-            [main, (sidecar_path, to_json_text(sidecar_payload))]
+        return (
+            self.files.prepare(*main),
+            self.files.prepare(sidecar_path, to_json_text(sidecar_payload)),
         )
-        return main_file, sidecar
 
     async def _complete(
         self,
@@ -367,6 +367,8 @@ class NodeWork:
 
         await started
         await journal.commit(*events, apply=apply)
+        # Only after the fenced commit: a process that lost the run writes no file.
+        await self.files.write_prepared([main, sidecar])
         state.status = NodeStatus.COMPLETED
         state.checksum = checksum
         self.count_calls(calls)
@@ -402,7 +404,7 @@ class NodeWork:
         path = self.files.node_folder(state.key) / (
             f"failed_{state.key}_attempt{state.attempts}.llm.json"
         )
-        (written,) = await self.files.write_many([(path, text)])
+        written = self.files.prepare(path, text)
         input_tokens, output_tokens, cost = usage_of(calls)
         events = [self._llm_event(state, call) for call in calls]
         events.extend(self._overshoot_events(state))
@@ -432,6 +434,7 @@ class NodeWork:
 
         await started
         await journal.commit(*events, apply=apply)
+        await self.files.write_prepared([written])  # after the fenced commit, as above
         self.count_calls(calls)
 
     def _overshoot_events(self, state: NodeState) -> list[EngineEvent]:

@@ -9,7 +9,9 @@ processes from executing the same run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
 import socket
 import uuid
@@ -19,7 +21,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from crew.agents.roles import resolve_role
-from crew.domain.errors import ConflictError, InvalidInputError, LeaseLostError, NotFoundError
+from crew.domain.errors import (
+    ConflictError,
+    CrewError,
+    InvalidInputError,
+    LeaseLostError,
+    NotFoundError,
+    UnavailableError,
+)
 from crew.domain.events import EventLevel, EventType
 from crew.domain.plan import NodeType, Plan, is_valid_key, parse_plan
 from crew.domain.status import EndReason, NodeStatus, ResumeReason, RunStatus
@@ -37,6 +46,8 @@ from crew.llm.client import CallResult, LLMClient
 from crew.settings import Settings
 from crew.store.leases import Fence
 from crew.store.records import Claim
+
+log = logging.getLogger("crew.engine")
 
 MAIN_ARTIFACT_TYPES = ("markdown", "manager")
 
@@ -275,6 +286,10 @@ async def execute_run(
     if resume and run.status == RunStatus.COMPLETED.value and not overrides:
         summary = await run_summary(repo, settings, run.id)
         return RunOutcome(run.id, RunStatus.COMPLETED, summary, already_completed=True)
+    keys = {str(node.get("id")) for node in run.task_spec.get("plan", []) if isinstance(node, dict)}
+    unknown = [key for key in overrides if key not in keys]
+    if unknown:  # the user's flags: refused before the run is touched
+        raise InvalidInputError(f"--override names unknown node(s): {', '.join(unknown)}")
     owner = owner or new_owner()
     claim = await claim_by_id(repo, settings, run, owner)
     return await execute_claimed(
@@ -303,14 +318,24 @@ async def execute_claimed(
     heartbeat_interval_s: float | None = None,
     on_executor: Callable[[RunExecutor], None] | None = None,
 ) -> RunOutcome:
-    """Execute a run this process holds the lease of (see `claim_by_id`, workers)."""
+    """Execute a run this process holds the lease of (see `claim_by_id`, workers).
+
+    A run that cannot even be set up (its stored plan no longer validates, say) ends
+    `failed` with `setup_failed`: handing it back to the queue would have the next
+    executor claim it again at once, forever, and block the runs behind it.
+    """
+    run = await repo.get_run(claim.run_id)
+    if run is None:
+        raise NotFoundError(f"no run with id {claim.run_id!r}")
+    reason = resume_reason_of(run, claim, manual=manual)
+    if reason == ResumeReason.LEASE_EXPIRED and claim.recoveries > settings.run_max_recoveries:
+        error = (
+            f"too many recoveries: the run's executor stopped {claim.recoveries} time(s) "
+            f"(RUN_MAX_RECOVERIES={settings.run_max_recoveries}); resume it by hand once "
+            "the cause is fixed"
+        )
+        return await _fail_run(repo, settings, run, claim, error, EndReason.TOO_MANY_RECOVERIES)
     try:
-        run = await repo.get_run(claim.run_id)
-        if run is None:
-            raise NotFoundError(f"no run with id {claim.run_id!r}")
-        reason = resume_reason_of(run, claim, manual=manual)
-        if reason == ResumeReason.LEASE_EXPIRED and claim.recoveries > settings.run_max_recoveries:
-            return await _fail_unrecoverable(repo, settings, run, claim)
         options = RunOptions.from_json(run.options)
         changes = dict(option_changes or {})
         if overrides:
@@ -320,9 +345,6 @@ async def execute_claimed(
         if changes:
             options = RunOptions.from_json({**options.to_json(), **changes})
         plan = parse_plan(run.task_spec)
-        unknown = [key for key in overrides if key not in {n.id for n in plan.nodes}]
-        if unknown:
-            raise InvalidInputError(f"--override names unknown node(s): {', '.join(unknown)}")
         files = RunFiles(settings.runs_root, run.id, max_bytes=settings.artifact_max_bytes)
         states, artifacts = await _load_states_and_artifacts(repo, plan, run.id)
         # This machine may lack the run's files (another RUNS_ROOT), or someone deleted
@@ -351,8 +373,16 @@ async def execute_claimed(
             lease_s=settings.run_lease_s,
             heartbeat_interval_s=heartbeat_interval_s,
         )
-    except BaseException:
-        await repo.release_run(claim.run_id, claim.owner, claim.generation)
+    except (asyncio.CancelledError, UnavailableError):
+        # Stopped, or the database went away for a moment: the run is fine, give it back.
+        with contextlib.suppress(UnavailableError):
+            await repo.release_run(claim.run_id, claim.owner, claim.generation)
+        raise
+    except Exception as failure:
+        log.error("run %s cannot be set up: %s", run.id, failure, exc_info=True)
+        await _fail_run(
+            repo, settings, run, claim, f"cannot set up the run: {failure}", EndReason.SETUP_FAILED
+        )
         raise
     freeze_long_lived_objects()
     _LOCAL_EXECUTORS[run.id] = executor
@@ -365,21 +395,22 @@ async def execute_claimed(
     return RunOutcome(run.id, RunStatus(summary["status"]), summary)
 
 
-async def _fail_unrecoverable(
-    repo: EngineStore, settings: Settings, run: Any, claim: Claim
+async def _fail_run(
+    repo: EngineStore,
+    settings: Settings,
+    run: Any,
+    claim: Claim,
+    error: str,
+    reason: EndReason,
 ) -> RunOutcome:
-    """A run whose executors keep dying ends `failed` instead of crashing workers forever."""
+    """End a claimed run `failed` without executing it (a poison run, an impossible
+    setup): its unfinished nodes canceled, RUN_FAILED with the reason, the lease given up."""
     now = utcnow()
-    error = (
-        f"too many recoveries: the run's executor stopped {claim.recoveries} time(s) "
-        f"(RUN_MAX_RECOVERIES={settings.run_max_recoveries}); resume it by hand once the "
-        "cause is fixed"
-    )
     payload: dict[str, Any] = {
         "run_id": run.id,
         "status": RunStatus.FAILED.value,
         "error": error,
-        "error_code": EndReason.TOO_MANY_RECOVERIES.value,
+        "error_code": reason.value,
         "recoveries": claim.recoveries,
         "previous_owner": claim.previous_owner,
     }
@@ -391,17 +422,14 @@ async def _fail_unrecoverable(
         for node in await writer.list_nodes(run.id):
             if node.status in (NodeStatus.RUNNING.value, NodeStatus.PENDING.value):
                 await writer.update_node(
-                    node.id,
-                    status=NodeStatus.CANCELED.value,
-                    ended_at=now,
-                    error="too many recoveries",
+                    node.id, status=NodeStatus.CANCELED.value, ended_at=now, error=reason.value
                 )
         await writer.update_run(
             run.id,
             status=RunStatus.FAILED.value,
             ended_at=now,
             error=error,
-            error_code=EndReason.TOO_MANY_RECOVERIES.value,
+            error_code=reason.value,
         )
         await writer.release_run(run.id, claim.owner, claim.generation)
         await writer.add_event(
@@ -413,7 +441,11 @@ async def _fail_unrecoverable(
             request_id=run.request_id,
             timestamp=now,
         )
-    summary = await run_summary(repo, settings, run.id)
+    try:
+        summary = await run_summary(repo, settings, run.id)
+    except CrewError:  # a plan that no longer validates has no summary to build
+        summary = {"run_id": run.id, "status": RunStatus.FAILED.value, "error": error}
+        summary["error_code"] = reason.value
     return RunOutcome(run.id, RunStatus.FAILED, summary)
 
 
