@@ -1,4 +1,5 @@
-"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, `nox -s benchmarks`.
+"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, `nox -s benchmarks`,
+`nox -s realserver`.
 
 Each session installs the project the way the README tells a newcomer to, so a session
 that passes here passes from a fresh clone too.
@@ -48,3 +49,12 @@ def benchmarks(session: nox.Session) -> None:
         session.error("no benchmark scripts in benchmarks/")
     for script in scripts:
         session.run("python", str(script))
+
+
+@nox.session(python=PYTHON)
+def realserver(session: nox.Session) -> None:
+    """The tests against a real llama.cpp server only, with the extra they need (its first
+    install compiles for several minutes; pip caches the wheel)."""
+    session.install("-e", ".[dev]")
+    session.install("-e", ".[realserver]")
+    session.run("pytest", "-m", "realserver", "-ra", *session.posargs)

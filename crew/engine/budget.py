@@ -9,8 +9,10 @@ The worst case is a bound, not an estimate: a prompt counts at most one token pe
 byte of its messages (every tokenizer crew meets — byte-level BPE, SentencePiece with
 byte fallback — turns each byte into at most one token), plus a fixed allowance per
 message and per request for the chat template's special tokens; the answer counts
-`max_tokens`. So a run only passes a limit when a server reports more than that bound
-(some answer a few tokens past `max_tokens`): the reported usage is what counts, the
+`max_tokens` plus COMPLETION_OVERRUN (servers with byte-level vocabularies finish a
+character that `max_tokens` cut in the middle: the llama.cpp server reports 26 for 24).
+So a run only passes a limit when a server reports more than that bound (some ignore
+`max_tokens` altogether): the reported usage is what counts, the
 run stops as soon as it passes a limit — no call starts after that — and the excess is
 recorded as `overshoot` in BUDGET_EXCEEDED. The guarantee: spend ends at most the limit
 plus what the calls in flight at that moment used beyond their reservation.
@@ -43,6 +45,16 @@ separator and a tokenizer's leading-space piece): the largest common templates u
 TOKENS_PER_REQUEST = 32
 """Chat-template tokens around the whole conversation: the beginning-of-text token, the
 assistant's generation prompt, and the header some templates add to a system message."""
+
+
+COMPLETION_OVERRUN = 3
+"""Tokens a server may generate past `max_tokens` to finish a UTF-8 character (at most
+four bytes, one already generated)."""
+
+
+def completion_tokens_worst(request: LLMRequest) -> int:
+    """The most tokens a request's answer can count, on a server that keeps max_tokens."""
+    return request.max_tokens + COMPLETION_OVERRUN
 
 
 def prompt_tokens_worst(request: LLMRequest) -> int:
@@ -163,7 +175,7 @@ class RunBudget:
                 would_spend=first.would_spend,
                 overshoot=first.overshoot,
             )
-        tokens = prompt_tokens_worst(request) + request.max_tokens
+        tokens = prompt_tokens_worst(request) + completion_tokens_worst(request)
         cost = 0.0
         if self.max_tokens is not None:
             committed = self.spent_tokens + self.reserved_tokens
@@ -188,7 +200,9 @@ class RunBudget:
                     would_spend=None,
                 )
             else:
-                cost = worst_case_cost(price, prompt_tokens_worst(request), request.max_tokens)
+                cost = worst_case_cost(
+                    price, prompt_tokens_worst(request), completion_tokens_worst(request)
+                )
                 committed_cost = self.spent_cost_usd + self.reserved_cost_usd
                 if committed_cost + cost > self.max_cost_usd + 1e-12:
                     self._refuse(
