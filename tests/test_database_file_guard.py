@@ -94,3 +94,25 @@ def test_only_sqlite_files_are_guarded(tmp_path: Path) -> None:
     assert guard_for(f"sqlite+aiosqlite:///{tmp_path / 'a.db'}") is not None
     assert guard_for("sqlite+aiosqlite:///:memory:") is None
     assert guard_for("postgresql+asyncpg://u@localhost/db") is None
+
+
+def test_the_error_is_logged_without_any_request(
+    sqlite_url: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server nobody calls still says so in its log (its own periodic check)."""
+    import time
+
+    from crew.api import state
+
+    monkeypatch.setattr(state, "DB_FILE_CHECK_S", 0.01)
+    with caplog.at_level(logging.ERROR, logger="crew.api"), api(sqlite_url, tmp_path):
+        _remove_database(tmp_path / "crew.db")
+        deadline = time.monotonic() + 30  # a bound on waiting, not a speed requirement
+        while not [r for r in caplog.records if r.levelno == logging.ERROR]:
+            assert time.monotonic() < deadline, "nothing logged"
+            time.sleep(0.01)
+    (logged,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "was deleted" in logged.getMessage()

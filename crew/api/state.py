@@ -12,6 +12,7 @@ database answer 503, and the error is logged once, naming the file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,9 @@ from crew.store.repository import Repository
 log = logging.getLogger("crew.api")
 
 SCHEMA_RETRY_S = 2.0
+DB_FILE_CHECK_S = 5.0
+"""How often the SQLite file is checked when no request does it (so the error is logged
+even on a server nobody is calling)."""
 
 
 @dataclass
@@ -53,6 +57,7 @@ class ApiState:
     hooks: Hooks = field(default_factory=Hooks)
     db_file: SqliteFileGuard | None = None
     db_file_reported: bool = False
+    _db_file_watch: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         from crew.store.database import create_engine
@@ -74,9 +79,17 @@ class ApiState:
         # After the schema check (which creates a new SQLite database): the embedded
         # worker retries by itself while the database is unreachable.
         await self.runs.start_worker()
+        if self.db_file is not None:
+            self._db_file_watch = asyncio.create_task(
+                self._watch_db_file(), name="crew-db-file-watch"
+            )
 
     async def close(self) -> None:
         self.shutting_down.set()
+        if self._db_file_watch is not None:
+            self._db_file_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._db_file_watch
         if self.runs is not None:
             await self.runs.aclose()
         if self.reads is not None:
@@ -117,6 +130,15 @@ class ApiState:
             self.db_file.watch()
         self.schema_ok = True
 
+    async def _watch_db_file(self) -> None:
+        """Check the SQLite file every DB_FILE_CHECK_S until the server stops; the first
+        problem found is logged by check_db_file, whether or not a request came."""
+        while True:
+            await asyncio.sleep(DB_FILE_CHECK_S)
+            if self.schema_ok:
+                with contextlib.suppress(DatabaseFileGoneError):
+                    self.check_db_file()
+
     def check_db_file(self) -> None:
         """DatabaseFileGoneError once the SQLite file was deleted or replaced; the first
         time, an error naming the file is logged."""
@@ -124,6 +146,7 @@ class ApiState:
             return
         try:
             self.db_file.check()
+            self.db_file_reported = False  # a file moved back: the next change is news
         except DatabaseFileGoneError:
             if not self.db_file_reported:
                 self.db_file_reported = True
