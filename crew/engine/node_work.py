@@ -26,11 +26,11 @@ from crew.agents.goal import Goal
 from crew.agents.manager import assign
 from crew.agents.prompts import TEMPLATE_VERSION
 from crew.agents.roles import resolve_role
-from crew.domain.events import EventLevel, EventType
+from crew.domain.events import EventType
 from crew.domain.plan import NodeType, Plan
 from crew.domain.status import NodeStatus
-from crew.engine.budget import RunBudget
 from crew.engine.checksum import node_checksum
+from crew.engine.failed_attempts import overshoot_events, record_failed_attempt
 from crew.engine.files import RunFiles, WrittenFile, artifact_row, to_json_text
 from crew.engine.journal import EngineEvent, Journal
 from crew.engine.options import RunOptions
@@ -154,7 +154,8 @@ class NodeWork:
 
         `started` is the commit of the node's start, running alongside the LLM call;
         the node's result is committed only after it. Calls made by an attempt that
-        then fails are recorded (`_record_failure`) before the failure propagates.
+        then fails are recorded (crew/engine/failed_attempts.py) before the failure
+        propagates.
         """
         with ledger.recording() as book:
             try:
@@ -165,7 +166,7 @@ class NodeWork:
             except Exception as failure:
                 reached = book.answered or any(f.reached_server for f in book.failed)
                 if reached and state.status != NodeStatus.COMPLETED:
-                    await self._record_failure(state, started, book, failure)
+                    await record_failed_attempt(self, state, started, book, failure)
                 raise
 
     async def _execute(
@@ -309,8 +310,8 @@ class NodeWork:
         checksum = self.checksum(state)
         input_tokens, output_tokens, cost = usage_of(calls)
         now = datetime.now(UTC)
-        events = [self._llm_event(state, call) for call in calls]
-        events.extend(self._overshoot_events(state))
+        events = [self.llm_event(state, call) for call in calls]
+        events.extend(overshoot_events(journal, self.client, state))
         events.extend(extra_events)
         for written, kind in ((main, main_type), (sidecar, "sidecar")):
             events.append(
@@ -373,91 +374,7 @@ class NodeWork:
         state.checksum = checksum
         self.count_calls(calls)
 
-    async def _record_failure(
-        self,
-        state: NodeState,
-        started: Awaitable[Any],
-        book: ledger.CallLedger,
-        failure: Exception,
-    ) -> None:
-        """Record what a failed attempt spent: its sidecar (every call and try, with
-        HTTP statuses and server messages), LLM_CALL events, node and run usage.
-
-        The sidecar is an artifact row of the node, content included, so the failure's
-        details stay in the database, not only in events.
-        """
-        assert self.journal is not None
-        journal = self.journal
-        calls = list(book.answered)
-        error = str(failure) or type(failure).__name__
-        payload = build_sidecar(
-            run_id=self.run_id,
-            node_key=state.key,
-            role=state.role or self.role_kind(state),
-            operation="chat",
-            calls=calls,
-            prompt_max_chars=self.settings.sidecar_prompt_max_chars,
-            error=error,
-            failed=book.failed,
-        )
-        text = to_json_text(payload)
-        path = self.files.node_folder(state.key) / (
-            f"failed_{state.key}_attempt{state.attempts}.llm.json"
-        )
-        written = self.files.prepare(path, text)
-        input_tokens, output_tokens, cost = usage_of(calls)
-        events = [self._llm_event(state, call) for call in calls]
-        events.extend(self._overshoot_events(state))
-        events.append(
-            journal.event(
-                EventType.ARTIFACT_CREATED,
-                f"node {state.key} wrote {written.relative} (failed attempt {state.attempts})",
-                node_id=state.node_id,
-                node_key=state.key,
-                artifact_type="sidecar",
-                path=written.relative,
-                size=written.size,
-                sha256=written.sha256,
-            )
-        )
-        run_id, node_id = self.run_id, state.node_id
-        row = artifact_row(run_id, node_id, "sidecar", written, content=text, summary=error[:280])
-
-        async def apply(writer: Any) -> None:
-            await writer.add_artifacts([row])
-            if calls:
-                await writer.add_run_usage(run_id, input_tokens, output_tokens, cost)
-                # no other column: finish_node only adds this usage to the node's
-                await writer.finish_node(
-                    node_id, input_tokens=input_tokens, output_tokens=output_tokens, cost_usd=cost
-                )
-
-        await started
-        await journal.commit(*events, apply=apply)
-        await self.files.write_prepared([written])  # after the fenced commit, as above
-        self.count_calls(calls)
-
-    def _overshoot_events(self, state: NodeState) -> list[EngineEvent]:
-        """BUDGET_EXCEEDED, once per run, when this node's reported usage passed a limit."""
-        assert self.journal is not None
-        budget = self.client.budget
-        if not isinstance(budget, RunBudget) or budget.exceeded is None:
-            return []
-        if not budget.claim_report():
-            return []
-        exceeded = budget.exceeded
-        return [
-            self.journal.event(
-                EventType.BUDGET_EXCEEDED,
-                f"budget exceeded at node {state.key}: {exceeded.message}",
-                level=EventLevel.ERROR,
-                node_id=state.node_id,
-                node_key=state.key,
-                **exceeded.payload(),
-            )
-        ]
-
-    def _llm_event(self, state: NodeState, call: CallResult) -> EngineEvent:
+    def llm_event(self, state: NodeState, call: CallResult) -> EngineEvent:
         assert self.journal is not None
         return self.journal.event(
             EventType.LLM_CALL,
