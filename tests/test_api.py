@@ -13,7 +13,8 @@ from tests.api_helpers import KEY, T0, H, api, assert_error, call, repo, seed_ru
 
 @pytest.fixture
 def client(db_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
-    with api(db_url, tmp_path) as c:
+    # Reads of seeded rows: no embedded worker may pick the seeded runs up meanwhile.
+    with api(db_url, tmp_path, SERVE_EMBEDDED_WORKER="false") as c:
         yield c
 
 

@@ -63,7 +63,15 @@ def test_sse_resumes_after_last_event_id_and_accepts_query_key(client) -> None: 
     assert_error(client.get("/events/stream", headers=H), 400)
 
 
-def test_stream_heartbeats_then_ends_when_a_queued_run_is_canceled(client) -> None:  # type: ignore[no-untyped-def]
+def test_stream_heartbeats_then_ends_when_a_queued_run_is_canceled(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    # queue-only server: the seeded run (it has no real plan) must stay queued
+    with api(sqlite_url, tmp_path, SERVE_EMBEDDED_WORKER="false") as client:
+        _stream_until_canceled(client)
+
+
+def _stream_until_canceled(client) -> None:  # type: ignore[no-untyped-def]
     run_id = call(client, seed_run, repo(client), status="queued", started=None, events=0)
     import threading
 
