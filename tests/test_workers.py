@@ -37,6 +37,7 @@ from worker_procs import (
 
 from crew.store.leases import Fence
 from crew.store.records import NewEvent
+from tests.api_helpers import H, api
 from tests.api_server import free_port, wait_until_serving
 
 pytestmark = pytest.mark.slow
@@ -516,6 +517,14 @@ def test_a_run_continued_with_another_runs_root(tmp_path: Path, pg_url: str) -> 
         # the first machine never got the files of the nodes completed after the kill
         for key in set(CHAIN_KEYS) - done_before:
             assert not (first_root / "xm" / "nodes" / key / f"artifact_{key}.md").exists()
+
+    # an API on a third machine, without any of the files, serves them from the database
+    with api(pg_url, tmp_path / "third", SERVE_EMBEDDED_WORKER="false") as client:
+        for artifact in artifacts:
+            response = client.get(f"/artifacts/{artifact.id}/download", headers=H)
+            assert response.status_code == 200, (artifact.path, response.text)
+            assert hashlib.sha256(response.content).hexdigest() == artifact.sha256
+    assert not (tmp_path / "third" / "runs").exists()
 
 
 # ---- 8. a run whose executors keep dying -------------------------------------------------
