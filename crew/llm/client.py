@@ -16,14 +16,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from crew.domain.errors import ConfigError, NoProviderAnsweredError, ProviderError
 from crew.domain.plan import LLMSpec
 from crew.llm import ledger
 from crew.llm.base import LLMRequest, LLMResponse, Message, PromptTooLongError, Provider
+from crew.llm.calls import CallBudget, CallObserver, CallResult
 from crew.llm.circuit import CircuitBreaker
 from crew.llm.fallback import RETRIED_PROVIDERS, call_candidates
 from crew.llm.limits import ProviderLimits
@@ -33,63 +34,9 @@ from crew.llm.resolution import ResolvedLLM, resolve_llm
 from crew.llm.retry import Attempt, with_retries
 from crew.settings import Settings
 
+__all__ = ["CallBudget", "CallObserver", "CallResult", "LLMClient"]
+
 log = logging.getLogger("crew.llm")
-
-
-@dataclass(frozen=True, slots=True)
-class CallResult:
-    """One LLM call as the engine records it (sidecar, events, totals)."""
-
-    request: LLMRequest
-    """The request that was answered (its model is the fallback's when one answered)."""
-    response: LLMResponse
-    provider: str
-    """The provider that answered."""
-    model: str
-    """The model requested (the provider's answering model when none was requested)."""
-    started_at: datetime
-    ended_at: datetime
-    attempts: int = 1
-    """Tries made for this call, across retries and fallback providers."""
-    fallback_from: str | None = None
-    """The provider resolved for the call when another one (LLM_FALLBACK_ORDER) answered."""
-    cost_usd: float | None = None
-    price_source: str | None = None
-    resolved: ResolvedLLM | None = None
-    attempt_log: list[Attempt] = field(default_factory=list)
-    """Every try, failed ones included, in order."""
-    elapsed_ms: float | None = None
-    """The whole call: failed tries, waits between them and fallback included (the
-    response's `latency_ms` is the answering request alone)."""
-
-
-class CallBudget(Protocol):
-    """What the client needs from a run budget (crew.engine.budget implements it).
-
-    `reserve` is awaited before a call starts and raises BudgetExceededError when the
-    call's worst case does not fit; `settle` is called exactly once per reservation, with
-    the finished call, or None when the call failed (nothing was spent).
-    """
-
-    async def reserve(self, request: LLMRequest, price: Price | None) -> object: ...
-
-    def settle(self, token: object, result: CallResult | None) -> None: ...
-
-
-class CallObserver(Protocol):
-    """Told of every provider request and every answered call (metrics use it).
-
-    `request_done` runs once per try (retries and fallbacks are separate requests) with
-    the provider's name, the requested model (None: the provider's default), the agent
-    role, an outcome (`ok`, `error`, `canceled`) and the seconds the provider took;
-    `call_done` once per answered call. Both must be cheap and must not raise.
-    """
-
-    def request_done(
-        self, provider: str, model: str | None, role: str, outcome: str, seconds: float
-    ) -> None: ...
-
-    def call_done(self, result: CallResult) -> None: ...
 
 
 @dataclass(slots=True)

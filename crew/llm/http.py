@@ -6,98 +6,69 @@ trickles bytes, and one translation from transport failures to ProviderError so 
 retry policy can rely on `retryable` alone. Keeping it here means the providers only
 describe their wire format.
 
-This module imports httpx; import it lazily (only the HTTP providers do) so commands that
-never call an HTTP provider do not pay for it.
+Reading what an answer says (error details, codes, reasoning blocks) and the errors it
+becomes are in crew/llm/http_text.py; those names are re-exported here. This module
+imports httpx; import it lazily (only the HTTP providers do) so commands that never call
+an HTTP provider do not pay for it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import json
-import math
-import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any, Self
 
 import httpx
 
-from crew.domain.errors import ProviderError
 from crew.llm.base import LLMRequest, LLMResponse, PromptTooLongError, estimate_tokens
+from crew.llm.http_text import (
+    DETAIL_MAX_CHARS,
+    HTTPProviderError,
+    bounded,
+    display_url,
+    error_code,
+    error_detail,
+    is_context_overflow,
+    json_object,
+    malformed,
+    no_model_error,
+    parse_retry_after,
+    redact,
+    response_error,
+    split_reasoning,
+    status_error,
+)
 from crew.llm.structured import Refusal, SpellingMemory, is_format_refusal
-
-DETAIL_MAX_CHARS = 300
-"""Longest server error text quoted in a message: enough to act on, short enough to log."""
 
 CONNECT_TIMEOUT_MAX_S = 10.0
 """A server that does not accept a connection within this is down, whatever the deadline."""
 
 
-_CONTEXT_OVERFLOW = re.compile(
-    r"context[ _-]?(length|window|size)|maximum context|exceeds? (the )?(available )?context"
-    r"|prompt is too long|too many tokens",
-    re.IGNORECASE,
-)
-_CONTEXT_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
-
-_THINK = re.compile(r"^\s*<think>(.*?)(</think>|$)", re.DOTALL)
-
-
-def split_reasoning(text: str) -> tuple[str, str | None]:
-    """The answer without a leading `<think>…</think>` block, and the block's content.
-
-    Reasoning models (served by Ollama and compatible servers) think aloud before
-    answering; that text is not the answer (it would break a JSON plan, or end up in a
-    deliverable), but it was paid for and explains the answer, so it is kept apart. An
-    unclosed block (the answer was cut off while thinking) is all reasoning.
-    """
-    match = _THINK.match(text)
-    if match is None:
-        return text, None
-    return text[match.end() :].lstrip(), match.group(1).strip()
-
-
-def error_code(response: httpx.Response) -> str | None:
-    """The `error.code` of an OpenAI-style error body, if any."""
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    error = body.get("error") if isinstance(body, dict) else None
-    code = error.get("code") if isinstance(error, dict) else None
-    return code if isinstance(code, str) else None
-
-
-def is_context_overflow(response: httpx.Response, detail: str) -> bool:
-    """True when an error answer says the prompt does not fit the model's context."""
-    if response.status_code < 400:
-        return False
-    return error_code(response) in _CONTEXT_CODES or bool(_CONTEXT_OVERFLOW.search(detail))
-
-
-class HTTPProviderError(ProviderError):
-    """A ProviderError that also knows the HTTP status (None for transport failures).
-
-    The status goes into the sidecar's attempt records; the retry policy only looks at
-    `retryable`, so code that catches ProviderError needs nothing else.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        provider: str,
-        retryable: bool,
-        retry_after_s: float | None = None,
-        status: int | None = None,
-    ) -> None:
-        super().__init__(
-            message, provider=provider, retryable=retryable, retry_after_s=retry_after_s
-        )
-        self.status = status
+__all__ = [
+    "DETAIL_MAX_CHARS",
+    "Exchange",
+    "HTTPProviderBase",
+    "HTTPProviderError",
+    "bounded",
+    "create_client",
+    "display_url",
+    "error_code",
+    "error_detail",
+    "is_context_overflow",
+    "json_object",
+    "malformed",
+    "no_model_error",
+    "parse_retry_after",
+    "post_json",
+    "redact",
+    "reported_tokens",
+    "response_error",
+    "split_reasoning",
+    "status_error",
+    "timeout_for",
+]
 
 
 def create_client(*, max_connections: int = 16) -> httpx.AsyncClient:
@@ -121,17 +92,6 @@ def timeout_for(timeout_s: float) -> httpx.Timeout:
     other phases get the whole deadline. `post_json` also enforces the deadline as a total.
     """
     return httpx.Timeout(timeout_s, connect=min(timeout_s, CONNECT_TIMEOUT_MAX_S))
-
-
-def display_url(url: str) -> str:
-    """The URL without user info, so credentials in a base URL never reach a message."""
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL:
-        return url
-    if parsed.userinfo:
-        parsed = parsed.copy_with(username=None, password=None)
-    return str(parsed).rstrip("/")
 
 
 async def post_json(
@@ -176,96 +136,6 @@ async def post_json(
             provider=provider,
             retryable=True,
         ) from exc
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date.
-
-    Returns None when absent or unreadable (the caller then uses its own backoff), and
-    never a negative number (a date in the past means "now").
-    """
-    if value is None or not value.strip():
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        pass
-    else:
-        return max(0.0, seconds) if math.isfinite(seconds) else None
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    current = now or datetime.now(UTC)
-    return max(0.0, (when - current).total_seconds())
-
-
-def redact(text: str, secrets: Iterable[str | None]) -> str:
-    """Replace every secret (API key) in `text`: some servers echo the key they rejected."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return text
-
-
-def bounded(text: str, limit: int = DETAIL_MAX_CHARS) -> str:
-    """One line of at most `limit` characters."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
-def error_detail(
-    response: httpx.Response, *, secrets: Iterable[str | None] = (), limit: int = DETAIL_MAX_CHARS
-) -> str:
-    """The server's own explanation of an error, short and with secrets removed.
-
-    Understands `{"error": {"message": ...}}` (OpenAI), `{"error": "..."}` (Ollama) and
-    `{"detail": ...}`; otherwise quotes the body text.
-    """
-    text = response.text
-    try:
-        body = json.loads(text)
-    except ValueError:
-        body = None
-    message: object = None
-    if isinstance(body, dict):
-        error = body.get("error")
-        if isinstance(error, dict):
-            message = error.get("message")
-        elif isinstance(error, str):
-            message = error
-        if message is None:
-            message = body.get("detail") or body.get("message")
-    if not isinstance(message, str) or not message.strip():
-        message = text.strip() or response.reason_phrase or f"HTTP {response.status_code}"
-    return bounded(redact(str(message), secrets), limit)
-
-
-def json_object(response: httpx.Response, *, provider: str, url: str) -> dict[str, Any]:
-    """The response body as a JSON object, or a non-retryable "malformed response" error.
-
-    Not retryable: a server that answers 200 with a body crew cannot read will most likely
-    do it again, and retrying would only spend money.
-    """
-    try:
-        body = response.json()
-    except ValueError as exc:
-        raise malformed(provider, url, "the body is not JSON", response.status_code) from exc
-    if not isinstance(body, dict):
-        raise malformed(provider, url, "the body is not a JSON object", response.status_code)
-    return body
-
-
-def malformed(provider: str, url: str, why: str, status: int | None = None) -> HTTPProviderError:
-    return HTTPProviderError(
-        f"{provider} returned a malformed response ({display_url(url)}): {why}",
-        provider=provider,
-        retryable=False,
-        status=status,
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -482,38 +352,3 @@ def reported_tokens(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         return None
     return value
-
-
-def no_model_error(provider: str) -> HTTPProviderError:
-    """The request reached a provider without a model: a configuration problem, not retryable."""
-    return HTTPProviderError(
-        f"no model configured for {provider}: set LLM_DEFAULT_MODEL or the role's model "
-        "(EXECUTOR_MODEL, SUPERVISOR_MODEL, MANAGER_MODEL, RECRUITER_MODEL), "
-        "or the plan node's llm.model",
-        provider=provider,
-        retryable=False,
-    )
-
-
-def response_error(provider: str, response: httpx.Response, detail: str) -> HTTPProviderError:
-    """status_error for a response, honouring its Retry-After header."""
-    return status_error(
-        provider,
-        response.status_code,
-        detail,
-        retry_after_s=parse_retry_after(response.headers.get("retry-after")),
-    )
-
-
-def status_error(
-    provider: str, status: int, detail: str, *, retry_after_s: float | None = None
-) -> HTTPProviderError:
-    """The generic translation of an HTTP error status: 429 and 5xx may pass, others will not."""
-    retryable = status == 429 or status >= 500
-    return HTTPProviderError(
-        f"{provider} returned HTTP {status}: {detail}",
-        provider=provider,
-        retryable=retryable,
-        retry_after_s=retry_after_s if retryable else None,
-        status=status,
-    )
