@@ -224,6 +224,10 @@ def test_fallback_is_counted_and_an_open_circuit_skips_the_dead_provider(
     store = Store(cli_env)
     calls = assert_totals_are_the_sum_of_calls(store, summary["run_id"])
     assert {e.payload["fallback_from"] for e in calls} == {"openai"}
+    shown = json.loads(invoke("runs", "show", summary["run_id"], "--json").stdout)
+    assert (shown["providers"], shown["fallback_calls"]) == ({"ollama": 3}, 3)
+    text = invoke("runs", "show", summary["run_id"]).stdout
+    assert "answered by: ollama 3 (3 call(s) by a fallback provider)" in text
     human = invoke("run", "--task-file", write_plan(cli_env, nodes[:1]), "-q")
     assert "by a fallback provider" not in human.stdout  # -q prints nothing at all
 
@@ -269,3 +273,52 @@ def test_an_interrupted_run_prints_one_json_object_with_its_run_id(
     stopped = json.loads(result.stdout)
     assert stopped["status"] == "interrupted" and stopped["exit_code"] == 130
     assert stopped["run_id"] in Store(cli_env).run_ids()
+
+
+def test_a_resumed_run_still_sums_its_calls(cli_env: Path, server: OpenAIServer) -> None:
+    refuse = [True]
+
+    def answer(request: RecordedRequest) -> Reply:
+        if refuse[0] and kind_of(request) == "assign":
+            return Reply(content='{"assignments": []}')  # invalid: no quality check
+        return (
+            Reply(content=MARKDOWN)
+            if kind_of(request) != "assign"
+            else Reply(
+                content=json.dumps(
+                    {
+                        "assignments": [{"node_id": "write", "agent": "Writer_FR", "tooling": []}],
+                        "quality_checks": ["sources"],
+                        "integration_notes": "one voice",
+                    }
+                )
+            )
+        )
+
+    server.responder = answer
+    result, summary = run_json("--task-file", write_plan(cli_env, MANAGED))
+    assert result.exit_code == 1, result.output
+    refuse[0] = False
+    result, resumed = run_json("--resume", summary["run_id"])
+    assert result.exit_code == 0, result.output
+    store = Store(cli_env)
+    calls = assert_totals_are_the_sum_of_calls(store, summary["run_id"])
+    assert len([e for e in calls if e.node_key == "lead"]) == 4  # 3 failed, 1 answered
+    assert resumed["input_tokens"] == sum(e.payload["input_tokens"] for e in calls)
+
+
+def test_a_truncated_manager_answer_fails_its_node_naming_the_setting(
+    cli_env: Path, server: OpenAIServer
+) -> None:
+    def answer(request: RecordedRequest) -> Reply:
+        if kind_of(request) == "assign":
+            return Reply(content='{"assignments": [{"node_id": "wri', finish_reason="length")
+        return Reply(content=MARKDOWN)
+
+    server.responder = answer
+    result, summary = run_json("--task-file", write_plan(cli_env, MANAGED))
+    assert result.exit_code == 1, result.output
+    store = Store(cli_env)
+    error = store.nodes(summary["run_id"])["lead"].error
+    assert "truncated" in error and "MANAGER_MAX_TOKENS" in error
+    assert_totals_are_the_sum_of_calls(store, summary["run_id"])

@@ -111,6 +111,13 @@ def show_run(
                 }
                 for a in artifacts
             ]
+            from crew.engine.summary import provider_counts_of
+
+            data.update(  # calls per provider and by fallback, from the stored sidecars
+                provider_counts_of(
+                    a.content for a in artifacts if a.type == "sidecar" and a.content
+                )
+            )
             return data
 
     data = run_async(main)
@@ -137,6 +144,12 @@ def _print_run(data: dict[str, Any], settings: Any) -> None:
         f"tokens: {data['input_tokens']} in / {data['output_tokens']} out   "
         f"cost: {'unknown' if cost is None else f'${cost:.4f}'}"
     )
+    if len(data.get("providers") or {}) > 1 or data.get("fallback_calls"):
+        console.print(
+            "answered by: "
+            + ", ".join(f"{name} {count}" for name, count in sorted(data["providers"].items()))
+            + f" ({data['fallback_calls']} call(s) by a fallback provider)"
+        )
     if data.get("owner"):
         holder = {"held": "held by", "expired": "was held by"}.get(data["lease"], "held by")
         console.print(

@@ -10,7 +10,7 @@ so a resumed run counts its earlier sessions too.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -67,13 +67,26 @@ def build_summary(
 def provider_counts(folder: Path) -> dict[str, Any]:
     """`providers` (answered calls per provider) and `fallback_calls` (how many of them a
     fallback provider answered), from the sidecars under a run's folder."""
-    providers: dict[str, int] = {}
-    fallback = 0
+    texts = []
     for path in sorted(folder.rglob("*.llm.json")):
         try:
-            sidecar = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue  # a sidecar being replaced, or not crew's: counts stay a lower bound
+            texts.append(path.read_text(encoding="utf-8"))
+        except OSError:
+            continue  # a sidecar being replaced: the counts stay a lower bound
+    return provider_counts_of(texts)
+
+
+def provider_counts_of(sidecars: Iterable[str]) -> dict[str, Any]:
+    """provider_counts over sidecar texts (files, or the artifact rows' content)."""
+    providers: dict[str, int] = {}
+    fallback = 0
+    for text in sidecars:
+        try:
+            sidecar = json.loads(text)
+        except ValueError:
+            continue
+        if not isinstance(sidecar, dict):
+            continue
         counts = sidecar.get("providers")
         if not isinstance(counts, dict):  # written before sidecars had counts
             provider = sidecar.get("provider")
