@@ -37,6 +37,8 @@ from tests.api_helpers import H, api, assert_error, call, repo, seed_run, wait_s
 
 DEEP = "[" * 100_000 + "]" * 100_000
 DONE = {"completed", "failed", "canceled", "interrupted"}
+NO_WORKER = {"SERVE_EMBEDDED_WORKER": "false"}
+"""For tests that only need answers: no embedded worker to start and stop."""
 
 
 @pytest.fixture(autouse=True)
@@ -352,15 +354,12 @@ API_BODIES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(API_BODIES))
-def test_1_to_5_hostile_bodies_are_400s_naming_the_field(
-    db_url: str, tmp_path: Path, case: str
-) -> None:
-    body, *words = API_BODIES[case]
-    with api(db_url, tmp_path) as client:
-        answer = assert_error(_post(client, body), 400)
-        text = json.dumps(answer, ensure_ascii=False)
-        assert all(word in text for word in words if word), (words, text[:2000])
+def test_1_to_5_hostile_bodies_are_400s_naming_the_field(db_url: str, tmp_path: Path) -> None:
+    with api(db_url, tmp_path, **NO_WORKER) as client:
+        for case, (body, *words) in sorted(API_BODIES.items()):
+            answer = assert_error(_post(client, body), 400)
+            text = json.dumps(answer, ensure_ascii=False)
+            assert all(word in text for word in words if word), (case, words, text[:2000])
         assert _api_runs(client) == 0
 
 
@@ -379,7 +378,7 @@ def test_4_longest_strings_run_through_the_api_on_both_databases(
 
 def test_10_api_refusals_quote_cut_values(sqlite_url: str, tmp_path: Path) -> None:
     huge = "k" * 500_000
-    with api(sqlite_url, tmp_path) as client:
+    with api(sqlite_url, tmp_path, **NO_WORKER) as client:
         for body in (
             {"task": plan_dict(n(huge))},
             {huge: 1, "task": {"type": "demo"}},
@@ -436,16 +435,15 @@ def test_11_openapi_one_plan_source_matches_the_server(sqlite_url: str, tmp_path
         {"title": "nothing to run"},
         {"title": "nothing", "options": {"use_supervisor": False}},
     ]
-    with api(sqlite_url, tmp_path) as client:
+    with api(sqlite_url, tmp_path, **NO_WORKER) as client:
         for body in bodies:
             declared_valid = validator.is_valid(body)
             status = client.post("/tasks", headers=H, json=body).status_code
             assert (status == 202) == declared_valid, (body, status)
 
 
-@pytest.mark.parametrize("method", ["PATCH", "PUT", "TRACE"])
 def test_11_an_undeclared_method_is_405_whatever_the_headers(
-    sqlite_url: str, tmp_path: Path, method: str
+    sqlite_url: str, tmp_path: Path
 ) -> None:
     bad = [
         {},
@@ -453,12 +451,17 @@ def test_11_an_undeclared_method_is_405_whatever_the_headers(
         {"X-Timezone": "Mars/Olympus_Mons"},
         {"X-API-Key": "wrong", "X-Timezone": "nowhere", "Content-Length": "99999999999"},
     ]
-    with api(sqlite_url, tmp_path) as client:
-        for path in ("/runs", "/tasks", "/runs/some-id", "/artifacts/x/download", "/health"):
-            for headers in bad:
-                r = client.request(method, path, headers=headers)
-                assert_error(r, 405, "method_not_allowed")
-                assert method not in r.headers["allow"] and r.headers["allow"]
+    with api(sqlite_url, tmp_path, **NO_WORKER) as client:
+        cases = [
+            (method, path, headers)
+            for method in ("PATCH", "PUT", "TRACE")
+            for path in ("/runs", "/tasks", "/runs/some-id", "/artifacts/x/download", "/health")
+            for headers in bad
+        ]
+        for method, path, headers in cases:
+            r = client.request(method, path, headers=headers)
+            assert_error(r, 405, "method_not_allowed")
+            assert method not in r.headers["allow"] and r.headers["allow"]
         # A declared method with a bad header is still judged by its headers.
         assert_error(client.get("/runs", headers={**H, "X-Timezone": "nowhere"}), 400)
         assert_error(client.get("/runs", headers={"X-API-Key": "wrong"}), 401)
@@ -468,7 +471,7 @@ def test_11_an_undeclared_method_is_405_whatever_the_headers(
 
 
 def test_12_an_artifact_path_with_a_nul_is_a_404(sqlite_url: str, tmp_path: Path) -> None:
-    with api(sqlite_url, tmp_path) as client:
+    with api(sqlite_url, tmp_path, **NO_WORKER) as client:
         r = repo(client)
         run_id = call(client, seed_run, r, nodes=1, events=0)
         (tmp_path / "runs" / run_id).mkdir(parents=True)
@@ -521,7 +524,7 @@ def test_12_file_under_refuses_every_way_out(tmp_path: Path) -> None:
 def test_3_a_nul_in_an_id_or_a_filter_is_a_4xx_on_both_databases(
     db_url: str, tmp_path: Path
 ) -> None:
-    with api(db_url, tmp_path) as client:
+    with api(db_url, tmp_path, **NO_WORKER) as client:
         for path in ("/runs/%00", "/nodes/a%00b", "/artifacts/%00/download", "/runs/%00/events"):
             assert_error(client.get(path, headers=H), 404)
         for query in ("/runs?status=%00", "/events?run_id=%00", "/runs/x/artifacts?type=a%00"):
