@@ -16,6 +16,8 @@ nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
 LINT_PATHS = ["crew", "tests", "benchmarks", "migrations", "noxfile.py"]
+OWN_SESSION = {"workers.py"}
+"""Benchmarks with a session of their own (they need a PostgreSQL database to wipe)."""
 
 
 @nox.session(python=PYTHON)
@@ -42,9 +44,14 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def benchmarks(session: nox.Session) -> None:
-    """Run every benchmark script; each prints one JSON line (see docs/benchmarks.md)."""
+    """Run every benchmark script (but workers.py: `nox -s workers_bench`); each prints one
+    JSON line (see docs/benchmarks.md)."""
     session.install("-e", ".[dev]")
-    scripts = sorted(p for p in Path("benchmarks").glob("*.py") if not p.name.startswith("_"))
+    scripts = sorted(
+        p
+        for p in Path("benchmarks").glob("*.py")
+        if not p.name.startswith("_") and p.name not in OWN_SESSION
+    )
     if not scripts:
         session.error("no benchmark scripts in benchmarks/")
     for script in scripts:
@@ -58,3 +65,16 @@ def realserver(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
     session.install("-e", ".[realserver]")
     session.run("pytest", "-m", "realserver", "-ra", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def workers_bench(session: nox.Session) -> None:
+    """Worker processes: throughput with 1, 2 and 4 workers, claim-to-first-node latency,
+    recovery after SIGKILL (benchmarks/workers.py; one JSON line, see docs/benchmarks.md).
+
+    PostgreSQL from CREW_TEST_DATABASE_URL or `-- --database-url URL`: its public schema
+    is dropped and recreated, so give it a database the tests may wipe too. Without one,
+    only the SQLite latency is measured.
+    """
+    session.install("-e", ".[dev]")
+    session.run("python", "benchmarks/workers.py", *session.posargs)
