@@ -252,6 +252,9 @@ def test_a_truncated_plan_names_the_setting_to_raise(cli_env: Path, server: Open
     assert "Unterminated string" not in result.stderr
     assert len(server.chat_requests()) == 1  # repairing a cut-off answer would be cut off too
     assert "1 call(s) answered" in result.stderr
+    verbose = invoke("-v", "plan", "--title", "Rapport", "--json")
+    assert verbose.exit_code == 4
+    assert '{"title": "Rap' in verbose.stderr  # -v shows the raw answer
 
 
 def test_an_interrupted_run_prints_one_json_object_with_its_run_id(
