@@ -242,6 +242,9 @@ def test_failed_planning_prints_one_json_object_and_exits_4(
     assert failed["run_id"] is None and failed["status"] == "failed"
     assert failed["error_code"] == "invalid_model_answer" and failed["exit_code"] == 4
     assert failed["supervisor"]["calls"] == 3 and failed["supervisor"]["input_tokens"] > 0
+    human = invoke("run", "--use-supervisor", "--title", "Rapport")
+    assert human.exit_code == 4
+    assert "supervisor: 3 call(s) answered" in human.stderr
 
 
 def test_a_truncated_plan_names_the_setting_to_raise(cli_env: Path, server: OpenAIServer) -> None:

@@ -338,6 +338,10 @@ def run_command(
 
                 failed = failure_summary(error, known.get("run_id"), planning)
                 print(json.dumps(failed, ensure_ascii=False), flush=True)
+            elif planning.answered and "run_id" not in known:
+                from crew.cli.plan import spend_line
+
+                view.say(f"supervisor: {spend_line(planning)}")  # spent, though no run exists
             raise
     if summary.get("detached"):
         if json_output:
