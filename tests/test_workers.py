@@ -15,6 +15,7 @@ import json
 import signal
 import subprocess
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -578,3 +579,57 @@ def test_a_run_that_cannot_start_does_not_block_the_queue(tmp_path: Path, sqlite
         assert code == 0, f"still running after {claims} claims of the bad run"
         assert db.run(good).status == "completed"
         assert db.run(bad).status == "failed"
+
+
+# ---- NOTIFY: the listening connection comes back ------------------------------------------
+
+LISTENERS = "SELECT pid FROM pg_stat_activity WHERE query LIKE 'LISTEN%'"
+
+
+@pytest.mark.postgres
+async def test_listening_for_queued_runs_survives_a_lost_connection(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    from crew.store.notify import listen_for_queued_runs
+
+    dsn = make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    heard: list[str] = []
+
+    async def until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
+        for _ in range(400):
+            if await condition():
+                return
+            await asyncio.sleep(0.025)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    def heard_it(payload: str) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return payload in heard
+
+        return check
+
+    other = await asyncpg.connect(dsn)
+    try:
+        async with listen_for_queued_runs(
+            pg_url, heard.append, reconnect_delays_s=[0.05]
+        ) as listening:
+            assert listening
+            await other.execute("SELECT pg_notify('crew_runs_queued', 'one')")
+            await until(heard_it("one"), "the first notification")
+            (pid,) = [row[0] for row in await other.fetch(LISTENERS)]
+            await other.execute("SELECT pg_terminate_backend($1)", pid)  # a server restart
+
+            async def listening_again() -> bool:
+                return [row[0] for row in await other.fetch(LISTENERS)] not in ([], [pid])
+
+            await until(listening_again, "a new LISTEN connection")
+            await until(heard_it(""), "the wake-up after reconnecting")
+            await other.execute("SELECT pg_notify('crew_runs_queued', 'two')")
+            await until(heard_it("two"), "a notification after the loss")
+        assert await other.fetch(LISTENERS) == []  # closed on exit
+    finally:
+        await other.close()
+    assert "LISTEN connection for queued runs was lost" in caplog.text
