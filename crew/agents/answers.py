@@ -24,14 +24,14 @@ MAX_TOKENS_SETTING = {
 
 
 class ModelAnswerError(PlanValidationError):
-    """The model did not produce a usable answer (plan, assignments): exit 4 / HTTP 502.
+    """The model did not produce a usable answer (plan, assignments): exit 4 / HTTP 503.
 
     A subclass of PlanValidationError so callers that handle an invalid plan still do;
     its exit code says the fault is the model's (or its settings'), not the input's.
     """
 
     exit_code = 4
-    http_status = 502
+    http_status = 503
     code = "invalid_model_answer"
 
 
