@@ -74,3 +74,42 @@ def test_workers_list_cli_and_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         assert client.get("/workers?x=1", headers=H).status_code == 400
         assert client.get("/workers").status_code == 401
     assert json.loads(runner.invoke(app, ["workers", "list", "--json"]).stdout) == []
+
+
+async def test_a_budget_is_shared_by_every_process_acting_on_the_run(
+    tmp_path: Path, db_url: str
+) -> None:
+    """Two budgets of one run (two processes, say the executor and an API action) see
+    each other's reservations through the run row: together they stay within it."""
+    from crew.engine.shared_budget import SharedRunBudget
+    from crew.llm.base import LLMRequest, Message
+    from crew.store.leases import Fence
+
+    async with harness(tmp_path, db_url) as h:
+        run_id = await h.create(plan_dict(n("a")))
+        run = await h.repo.get_run(run_id)
+        fence = Fence(run_id, "p1", 0)
+        request = LLMRequest(
+            role="Writer_FR",
+            model="m",
+            messages=(Message(role="user", content="x" * 400),),
+            max_tokens=300,
+        )
+        first = SharedRunBudget.for_claimed_run(
+            h.repo, fence, max_cost_usd=None, max_tokens=1000, run=run
+        )
+        second = SharedRunBudget.for_claimed_run(
+            h.repo, fence, max_cost_usd=None, max_tokens=1000, run=run
+        )
+        assert first is not None and second is not None
+        held = await first.reserve(request, None)
+        stored = await h.repo.get_run(run_id)
+        assert stored is not None and stored.reserved_tokens == held.tokens
+        assert held.tokens * 2 > 1000  # two such calls do not fit together
+        with pytest.raises(Exception, match="budget exceeded") as refused:
+            await second.reserve(request, None)
+        assert getattr(refused.value, "exit_code", None) == 3
+        first.settle(held, None)
+        await first.aclose()
+        stored = await h.repo.get_run(run_id)
+        assert stored is not None and stored.reserved_tokens == 0

@@ -24,6 +24,7 @@ from crew.engine.files import RunFiles, WrittenFile, artifact_row, to_json_text
 from crew.engine.journal import EventListener, Journal
 from crew.engine.node_work import NodeWork
 from crew.engine.options import RunOptions
+from crew.engine.shared_budget import SharedRunBudget
 from crew.engine.state import NodeState
 from crew.engine.store import EngineStore
 from crew.engine.summary import build_summary
@@ -124,7 +125,9 @@ class RunLifecycle:
         """Every LLM call of this run goes through the run's budget (when it has one),
         starting from what the run has spent so far (the supervisor's calls included:
         they were stored with the run)."""
-        self.budget = RunBudget.for_run(
+        self.budget = SharedRunBudget.for_claimed_run(
+            self.repo,
+            self.fence,
             max_cost_usd=self.options.max_cost_usd,
             max_tokens=self.options.max_tokens,
             run=self.run,

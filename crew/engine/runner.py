@@ -26,6 +26,7 @@ from crew.domain.status import NodeStatus, ResumeReason, RunStatus
 from crew.engine.backoff import retry_delay
 from crew.engine.budget import RunBudgetExceeded
 from crew.engine.lifecycle import RunLifecycle, utcnow
+from crew.engine.shared_budget import SharedRunBudget
 from crew.engine.state import NodeState
 from crew.observability import context
 
@@ -95,6 +96,8 @@ class RunExecutor(RunLifecycle):
             finally:
                 heartbeat.cancel()
                 await asyncio.gather(heartbeat, return_exceptions=True)
+                if isinstance(self.budget, SharedRunBudget):
+                    await self.budget.aclose()
 
     def release_now(self) -> None:
         """The shutdown grace period is over: stop the nodes in flight and give the run

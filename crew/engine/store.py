@@ -88,6 +88,18 @@ class EngineStore(Protocol):
 
     async def notify_run_queued(self, run_id: str) -> None: ...
 
+    async def reserve_budget(
+        self,
+        run_id: str,
+        tokens: int,
+        cost_usd: float,
+        *,
+        max_tokens: int | None,
+        max_cost_usd: float | None,
+    ) -> bool: ...
+
+    async def release_budget(self, run_id: str, tokens: int, cost_usd: float) -> None: ...
+
     # ---- the workers registry -------------------------------------------------------
     async def register_worker(self, worker: WorkerRecord) -> None: ...
 

@@ -163,6 +163,56 @@ class LeaseQueries(Lookups):
             return False, None
         return True, row[0]
 
+    async def reserve_budget(
+        self,
+        run_id: str,
+        tokens: int,
+        cost_usd: float,
+        *,
+        max_tokens: int | None,
+        max_cost_usd: float | None,
+    ) -> bool:
+        """Add one call's reservation to the run's, if the run's spend plus everything
+        reserved (by any process) plus this stays within the limits; False otherwise.
+
+        One conditional UPDATE: two reservations racing for the last of a budget cannot
+        both pass, whichever processes make them (the run's executor, an API action).
+        """
+        where = [_c.id == run_id]
+        if max_tokens is not None:
+            where.append(
+                _c.input_tokens + _c.output_tokens + _c.reserved_tokens + tokens <= max_tokens
+            )
+        if max_cost_usd is not None:
+            where.append(_c.cost_usd + _c.reserved_cost_usd + cost_usd <= max_cost_usd + 1e-12)
+        stmt = (
+            update(runs_table)
+            .where(*where)
+            .values(
+                reserved_tokens=_c.reserved_tokens + tokens,
+                reserved_cost_usd=_c.reserved_cost_usd + cost_usd,
+            )
+        )
+        return await self._update(stmt)
+
+    async def release_budget(self, run_id: str, tokens: int, cost_usd: float) -> None:
+        """Take a finished call's reservation back (never below zero: a claim resets
+        the reservations of a dead owner's calls)."""
+        stmt = (
+            update(runs_table)
+            .where(_c.id == run_id)
+            .values(
+                reserved_tokens=case(
+                    (_c.reserved_tokens > tokens, _c.reserved_tokens - tokens), else_=0
+                ),
+                reserved_cost_usd=case(
+                    (_c.reserved_cost_usd > cost_usd, _c.reserved_cost_usd - cost_usd),
+                    else_=0.0,
+                ),
+            )
+        )
+        await self._update(stmt)
+
     async def holds_lease(self, fence: Fence) -> bool:
         stmt = select(_c.id).where(
             _c.id == fence.run_id,
