@@ -633,3 +633,24 @@ async def test_listening_for_queued_runs_survives_a_lost_connection(
     finally:
         await other.close()
     assert "LISTEN connection for queued runs was lost" in caplog.text
+
+
+def test_worker_metrics_port_in_use_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from test_engine_support import setup_cli_env
+    from typer.testing import CliRunner
+
+    from crew.cli.main import app
+
+    setup_cli_env(tmp_path, monkeypatch)
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(app, ["worker", "--once", "--metrics-port", str(port)])
+    assert result.exit_code == 2, result.output
+    assert f"--metrics-port {port}: cannot listen there" in result.output
+    assert "internal error" not in result.output

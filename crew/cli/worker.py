@@ -110,7 +110,12 @@ async def _main(
     if metrics_port is not None:
         from prometheus_client import start_http_server
 
-        start_http_server(metrics_port)
+        try:
+            start_http_server(metrics_port)
+        except OSError as error:  # taken, or not ours to bind: say which flag, not a trace
+            raise InvalidInputError(
+                f"--metrics-port {metrics_port}: cannot listen there ({error.strerror or error})"
+            ) from None
     registry = ProviderRegistry(settings)
     client = LLMClient(settings, registry, observer=hooks.llm)
     try:
