@@ -250,3 +250,14 @@ def test_shutdown_gives_runs_back_to_the_queue(sqlite_url: str, tmp_path: Path) 
         resumed = [e for e in events if e["type"] == "RUN_RESUMED"]
         assert len(resumed) == 1 and resumed[0]["payload"]["reason"] == "released"
         assert types.index("RUN_RESUMED") > released
+
+
+def test_the_supervisor_of_a_request_is_kept_within_its_budget(client) -> None:  # type: ignore[no-untyped-def]
+    """The supervisor's calls are reserved against the run's budget in the API too."""
+    body = {"title": "Rapport", "options": {"use_supervisor": True, "max_tokens": 10}}
+    refused = client.post("/tasks", headers=H, json=body)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["code"] == "budget_exceeded" and "budget" in refused.json()["detail"]
+    assert client.get("/runs", headers=H).json()["total"] == 0  # no run without a plan
+    fits = {"title": "Rapport", "options": {"use_supervisor": True, "max_tokens": 1_000_000}}
+    assert client.post("/tasks", headers=H, json=fits).status_code == 202

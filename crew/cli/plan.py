@@ -134,13 +134,13 @@ def plan_command(
 
 
 async def _plan(settings: Settings, goal: Goal) -> SupervisorResult:
-    from crew.agents.supervisor import Supervisor
+    from crew.engine.planning import plan_goal
     from crew.llm.client import LLMClient
     from crew.llm.registry import ProviderRegistry
 
     registry = ProviderRegistry(settings)
     try:
-        return await Supervisor(LLMClient(settings, registry), settings).plan(goal)
+        return await plan_goal(LLMClient(settings, registry), settings, goal)
     finally:
         await registry.aclose()
 

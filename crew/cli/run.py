@@ -274,18 +274,17 @@ def run_command(
                 the_plan = plan
                 if the_plan is None:
                     assert goal is not None  # no plan file and no resume: --use-supervisor
-                    from crew.agents.supervisor import Supervisor
-                    from crew.engine.budget import RunBudget
+                    from crew.engine.planning import plan_goal
 
                     view.say(f"planning {goal.title!r} with the supervisor…")
                     # the supervisor's calls count against the run's budget too
-                    budget = RunBudget.for_run(
+                    result = await plan_goal(
+                        client,
+                        settings,
+                        goal,
+                        supervisor_llm=RunOptions(llm=cli_llm).llm_override("supervisor"),
                         max_cost_usd=settings.run_max_cost_usd,
                         max_tokens=settings.run_max_tokens,
-                    )
-                    supervisor_llm = RunOptions(llm=cli_llm).llm_override("supervisor")
-                    result = await Supervisor(client.with_budget(budget), settings).plan(
-                        goal, overrides=(supervisor_llm,)
                     )
                     the_plan = result.plan
                     supervisor = SupervisorCalls(calls=list(result.calls))

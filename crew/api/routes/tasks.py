@@ -25,12 +25,11 @@ from crew.api.params import render
 from crew.api.spec import Param, Reply, endpoint, replies
 from crew.api.state import api_state
 from crew.api.task_body import TaskRequest, parse_task_request
-from crew.domain.errors import PlanValidationError
+from crew.domain.errors import BudgetExceededError, PlanValidationError
 from crew.engine.options import RunOptions
 from crew.engine.service import SupervisorCalls, create_run
 from crew.store import idempotency
 
-MAX_PLANNING_S = 300.0
 IDEMPOTENCY = Param(
     "Idempotency-Key",
     "header",
@@ -142,23 +141,38 @@ async def _start(
 
 
 async def _plan_with_supervisor(request: Request, task: TaskRequest) -> tuple[Any, Any]:
+    """The supervisor plans inside the request, within the run's budget and a deadline."""
     from crew.agents.goal import Goal
-    from crew.agents.supervisor import Supervisor
     from crew.domain.plan import LLMSpec
+    from crew.engine.planning import plan_goal, planning_deadline
 
     state = api_state(request)
     settings = state.settings
     assert state.runs is not None
     goal = Goal(title=task.title, description=task.description, acceptance=task.acceptance)
     spec = task.changes.get("llm", {}).get("supervisor")
-    overrides = (LLMSpec(provider=spec.get("provider"), model=spec.get("model")),) if spec else ()
-    budget = min(MAX_PLANNING_S, settings.llm_timeout_s * max(1, settings.supervisor_max_attempts))
+    chosen = LLMSpec(provider=spec.get("provider"), model=spec.get("model")) if spec else None
+    deadline = planning_deadline(settings)
+    max_cost = task.changes.get("max_cost_usd", settings.run_max_cost_usd)
+    max_tokens = task.changes.get("max_tokens", settings.run_max_tokens)
     try:
-        async with asyncio.timeout(budget):
-            result = await Supervisor(state.runs.client, settings).plan(goal, overrides)
+        result = await plan_goal(
+            state.runs.client,
+            settings,
+            goal,
+            supervisor_llm=chosen,
+            max_cost_usd=max_cost,
+            max_tokens=max_tokens,
+            timeout_s=deadline,
+        )
     except TimeoutError:
         raise ApiError(
-            503, f"planning took longer than {budget:g}s", code="planning_timeout"
+            503, f"planning took longer than {deadline:g}s", code="planning_timeout"
+        ) from None
+    except BudgetExceededError as error:
+        # The request's own limits cannot cover planning: its input, not a server fault.
+        raise ApiError(
+            400, f"planning refused: {error.message}", code="budget_exceeded"
         ) from None
     except PlanValidationError as error:
         raise ApiError(
