@@ -206,13 +206,10 @@ class RunLifecycle:
         run_id = self.run.id
 
         async def apply(writer: Any) -> None:
+            # cancel_requested_at stays: a cancel asked for between the claim and this
+            # start is honoured at the first heartbeat.
             await writer.update_run(
-                run_id,
-                status=RunStatus.RUNNING.value,
-                started_at=now,
-                ended_at=None,
-                error=None,
-                cancel_requested_at=None,
+                run_id, status=RunStatus.RUNNING.value, started_at=now, ended_at=None, error=None
             )
 
         await journal.commit(*events, apply=apply)

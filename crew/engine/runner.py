@@ -59,6 +59,8 @@ class RunExecutor(RunLifecycle):
                     await self._begin_resume(resume_reason)
                 else:
                     await self._begin_start(supervisor)
+                if resume_reason != ResumeReason.MANUAL and self.run.cancel_requested_at:
+                    self.request_cancel()  # asked for while the run waited for us
                 if self.options.dry_run:
                     await self._skip_all_for_dry_run()
                 else:
@@ -160,6 +162,7 @@ class RunExecutor(RunLifecycle):
             and len(self._calling) < limit
             and not self._budget_spent()
             and not self._draining
+            and not self._cancel_requested
         ):
             _, key = heapq.heappop(self._ready)
             state = self.states[key]

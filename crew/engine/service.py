@@ -222,16 +222,23 @@ async def claim_by_id(repo: EngineStore, settings: Settings, run: Any, owner: st
     """
     now = utcnow()
     until = lease_until(settings, now)
-    claim: Claim | None = await repo.claim_run(run.id, owner, now, until)
+    claim: Claim | None = await repo.claim_run(run.id, owner, now, until, when_status=run.status)
     if claim is not None:
         return claim
     current = await repo.get_run(run.id)
     if current is None:
         raise NotFoundError(f"no run with id {run.id!r}")
+    if current.status != run.status:
+        raise ConflictError(f"run {run.id} became {current.status} meanwhile; nothing to do")
     alive = owner_alive(current.owner)
     if alive is False and current.owner:
         claim = await repo.claim_run(
-            run.id, owner, now, until, dead_owner=(current.owner, current.lease_generation)
+            run.id,
+            owner,
+            now,
+            until,
+            dead_owner=(current.owner, current.lease_generation),
+            when_status=run.status,
         )
         if claim is not None:
             return claim
@@ -465,18 +472,18 @@ async def request_cancel(repo: EngineStore, run_id: str) -> RunStatus:
     now = utcnow()
     if status == RunStatus.QUEUED:
         async with repo.batch() as writer:
-            if await writer.update_run(
-                run_id,
-                when_status=RunStatus.QUEUED.value,
-                status=RunStatus.CANCELED.value,
-                ended_at=now,
-                error="canceled",
-            ):
+            # Only while nobody holds it: a claimed run is about to start, and is stopped
+            # by its executor through the cancel request below instead.
+            if await writer.cancel_unclaimed_run(run_id, now):
+                canceled = []
                 for node in await writer.list_nodes(run_id):
+                    if node.status == NodeStatus.COMPLETED.value:
+                        continue  # a run given back to the queue keeps what it did
+                    canceled.append(node.key)
                     await writer.update_node(
                         node.id, status=NodeStatus.CANCELED.value, ended_at=now, error="canceled"
                     )
-                payload: dict[str, Any] = {"run_id": run_id, "canceled_nodes": []}
+                payload: dict[str, Any] = {"run_id": run_id, "canceled_nodes": canceled}
                 if run.request_id:
                     payload["request_id"] = run.request_id
                 await writer.add_event(

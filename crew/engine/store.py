@@ -74,6 +74,7 @@ class EngineStore(Protocol):
         lease_until: datetime,
         *,
         dead_owner: tuple[str, int] | None = None,
+        when_status: str | None = None,
     ) -> Claim | None: ...
 
     async def claim_next_run(

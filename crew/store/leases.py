@@ -121,13 +121,18 @@ class LeaseQueries(Lookups):
         lease_until: datetime,
         *,
         dead_owner: tuple[str, int] | None = None,
+        when_status: str | None = None,
     ) -> Claim | None:
         """Claim one run if nobody live holds its lease; None when someone does.
 
         `dead_owner` (owner, generation): a holder known to be dead (same host, its pid
         gone) whose lease has not run out yet; the run is taken from it at once.
+        `when_status`: only while the run still has the status its claimer saw (a run
+        canceled meanwhile is not executed).
         """
         free = _lease_free(now, owner)
+        if when_status is not None:
+            free = and_(free, _c.status == when_status)
         if dead_owner is not None:
             free = or_(free, and_(_c.owner == dead_owner[0], _c.lease_generation == dead_owner[1]))
         return await self._claim(and_(_c.id == run_id, free), owner, now, lease_until)
@@ -212,6 +217,29 @@ class LeaseQueries(Lookups):
             )
         )
         await self._update(stmt)
+
+    async def cancel_unclaimed_run(self, run_id: str, now: datetime) -> bool:
+        """Cancel a queued run nobody holds, in one conditional UPDATE; False when it is
+        not queued any more or an executor has claimed it (it then gets a cancel request)."""
+        expired = or_(_c.lease_expires_at.is_(None), _c.lease_expires_at < now)
+        stmt = (
+            update(runs_table)
+            .where(
+                _c.id == run_id,
+                _c.status == RunStatus.QUEUED.value,
+                or_(_c.owner.is_(None), expired),
+            )
+            .values(
+                status=RunStatus.CANCELED.value,
+                ended_at=now,
+                error="canceled",
+                error_code="canceled",
+                owner=None,
+                lease_expires_at=None,
+                updated_at=now,
+            )
+        )
+        return await self._update(stmt)
 
     async def holds_lease(self, fence: Fence) -> bool:
         stmt = select(_c.id).where(
