@@ -150,8 +150,10 @@ def paused_owner_taken_over(
     second = procs.worker("b")
 
     def taken_over() -> bool:
+        """B holds the run and has recorded its RUN_RESUMED (or finished it)."""
         run = db.run(run_id)
-        return second.owns(run.owner) or run.status == "completed"
+        resumed = of_type(db.events(run_id), "RUN_RESUMED")
+        return bool(resumed) and (second.owns(run.owner) or run.status == "completed")
 
     wait_for(taken_over, timeout=30, what="B to take the run over", procs=procs)
     return run_id, done_by_first, first, second
