@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from test_engine_support import harness, n, plan_dict
+import pytest
+from test_engine_support import Store, harness, n, plan_dict, setup_cli_env
+from typer.testing import CliRunner
 
+from crew.cli.main import app
 from crew.engine.service import execute_claimed, request_cancel
 
 
@@ -53,3 +57,31 @@ async def test_a_claim_needs_the_status_its_claimer_saw(tmp_path: Path, db_url: 
         later = now + timedelta(seconds=60)
         assert await h.repo.claim_run(run_id, "w:1:x", now, later, when_status="queued") is None
         assert await h.repo.claim_next_run("w:1:x", now, later) is None
+
+
+def test_detach_queues_the_run_and_a_worker_executes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    setup_cli_env(tmp_path, monkeypatch)
+    runner = CliRunner()
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(plan_dict(n("a"), n("b", "a"))), encoding="utf-8")
+    queued = runner.invoke(app, ["run", "--task-file", str(plan_file), "--detach", "--json"])
+    assert queued.exit_code == 0, queued.output
+    answer = json.loads(queued.stdout)
+    assert answer["status"] == "queued" and set(answer) == {"run_id", "status"}
+    run = Store(tmp_path).run(answer["run_id"])
+    assert run.status == "queued" and run.owner is None
+    plain = runner.invoke(app, ["run", "--task-file", str(plan_file), "--detach"])
+    assert plain.exit_code == 0 and plain.stdout.strip() in Store(tmp_path).run_ids()
+
+    worked = runner.invoke(app, ["worker", "--once", "--json"])
+    assert worked.exit_code == 0, worked.output
+    stats = json.loads(worked.stdout.splitlines()[-1])
+    assert stats["claimed"] == 2 and stats["finished"] == {"completed": 2}
+    assert Store(tmp_path).run(answer["run_id"]).status == "completed"
+
+    refused = runner.invoke(app, ["run", "--resume", answer["run_id"], "--detach"])
+    assert refused.exit_code == 2 and "--detach" in refused.stderr
+    bad = runner.invoke(app, ["worker", "--max-runs", "0"])
+    assert bad.exit_code == 2 and "--max-runs" in bad.stderr
