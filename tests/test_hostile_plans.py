@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from click.testing import Result
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_engine_support import setup_cli_env
 from typer.testing import CliRunner
@@ -198,6 +198,34 @@ def hostile_text_document(draw: st.DrawFn) -> str:
     return text.replace('"title": ', '"title": NaN, "x": ', 1)
 
 
+KNOWN_DEFECTS: list[Any] = [
+    {"title": "\ud800", "plan": [{"id": "a", "title": "x"}]},
+    {"title": "t", "plan": [{"id": "a", "title": "x", "acceptance": ["\u0000"]}]},
+    {"title": "t", "plan": [{"id": "a", "title": "x", "suggested_agent_role": "W" * 129}]},
+    {"title": "t", "plan": [{"id": "a", "title": "x", "llm": {"temperature": float("nan")}}]},
+    {"title": "t", "plan": [{"id": "a", "title": "x", "llm": {"timeout_s": float("inf")}}]},
+    {"title": "t", "plan": [{"id": "a", "title": "x", "llm": {"provider": []}}]},
+    {"title": "t", "plan": [{"id": "x" * 100_000, "title": "x"}]},
+]
+"""What issue 13 found by hand (and the suite found since): always among the examples."""
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def known_defects(shape: Any, deep: Any) -> Any:
+    """Make a @given test also run on each known defect (`shape` turns a plan into the
+    test's argument) and on `deep`, a document nested 100,000 levels."""
+
+    def decorate(test: Any) -> Any:
+        test = example(deep)(test)
+        for plan in KNOWN_DEFECTS:
+            test = example(shape(plan))(test)
+        return test
+
+    return decorate
+
+
 # ---- the parser, in process ------------------------------------------------------------
 
 
@@ -222,6 +250,7 @@ def check_outcome(result: Plan | InvalidInputError) -> None:
 
 
 @SETTINGS
+@known_defects(lambda plan: plan, {"plan": [[[]]]})
 @given(plan=st.one_of(hostile_plan(), valid_plan()))
 def test_generated_plans_are_accepted_or_refused_cleanly(plan: Any) -> None:
     check_outcome(outcome(encode(plan)))
@@ -319,6 +348,7 @@ def test_api_accepts_or_refuses_generated_bodies_on_both_databases(
     with api(db_url, tmp_path, TASKS_RATE_BURST=10_000, TASKS_RATE_PER_MIN=60_000) as client:
 
         @settings(SETTINGS, max_examples=API_EXAMPLES)
+        @known_defects(lambda plan: {"task": plan}, ("text", DEEP))
         @given(
             body=st.one_of(
                 st.builds(lambda p: {"task": p}, st.one_of(hostile_plan(), valid_plan())),
@@ -387,6 +417,7 @@ def test_cli_exits_0_or_2_for_generated_plan_files(
     path = tmp_path / "plan.json"
 
     @settings(SETTINGS, max_examples=API_EXAMPLES)
+    @known_defects(encode, DEEP)
     @given(
         text=st.one_of(st.one_of(hostile_plan(), valid_plan()).map(encode), hostile_text_document())
     )
