@@ -35,8 +35,9 @@ import pytest
 
 MODEL_ALIAS = "crew-tiny"
 """The model name the server lists and answers to."""
-N_CTX = 4096
-"""The server's context window (tokens): large enough for crew's prompts, byte by byte."""
+N_CTX = 16384
+"""The server's context window (tokens): room for a supervisor's prompt (byte by byte)
+plus the longest plan the schema allows, whitespace included (about 9,000 tokens)."""
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{{ message['content'] }}<|im_end|>\n{% endfor %}"

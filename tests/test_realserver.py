@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from accounts import assert_totals_are_the_sum_of_calls
 from click.testing import Result
-from realserver import MODEL_ALIAS, RealServer, missing_reason, serving, tiny_model
+from realserver import MODEL_ALIAS, N_CTX, RealServer, missing_reason, serving, tiny_model
 from test_engine_support import Store, setup_cli_env
 from typer.testing import CliRunner
 
@@ -150,7 +150,8 @@ def test_the_random_model_yields_a_valid_plan_through_the_schema(
     real_server: RealServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     use_server(monkeypatch, tmp_path, real_server)
-    monkeypatch.setenv("SUPERVISOR_MAX_TOKENS", "3000")
+    # the longest answer the schema allows fits: a grammar never cuts the plan short
+    monkeypatch.setenv("SUPERVISOR_MAX_TOKENS", "10000")
     monkeypatch.setenv("SUPERVISOR_TEMPERATURE", "1.0")
     monkeypatch.setenv("SUPERVISOR_MAX_ATTEMPTS", "1")  # valid at once, no repair needed
     out = tmp_path / "plan.json"
@@ -170,7 +171,7 @@ def test_a_prompt_beyond_the_context_window_fails_the_node_with_the_numbers(
     real_server: RealServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     use_server(monkeypatch, tmp_path, real_server)
-    notes = [FRENCH * 12] * 4  # about 6,000 bytes: past the 4,096-token window
+    notes = [FRENCH * 12] * 14  # about 23,000 bytes: past the 16,384-token window
     plan = write_plan(tmp_path, [{"id": "a", "title": "Trop long", "notes": notes}])
     result = invoke("run", "--task-file", plan, "--json", "-q")
     assert result.exit_code == 1, result.output
@@ -178,7 +179,7 @@ def test_a_prompt_beyond_the_context_window_fails_the_node_with_the_numbers(
     assert summary["error_code"] == "node_failed"
     store = Store(tmp_path)
     error = store.nodes(summary["run_id"])["a"].error
-    assert "maximum context length is 4096 tokens" in error and "bytes of prompt" in error
+    assert f"maximum context length is {N_CTX} tokens" in error and "bytes of prompt" in error
     assert_totals_are_the_sum_of_calls(store, summary["run_id"])
 
 
