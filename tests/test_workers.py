@@ -218,11 +218,11 @@ def test_fencing_a_paused_owner_writes_nothing_after_the_takeover(
 # ---- 3. crew serve restarted while it executes runs --------------------------------------
 
 
-def start_servers(procs: Procs, *names: str, **env: str) -> list[tuple[Any, str]]:
-    """Start `crew serve` processes side by side; returns (process, base URL) once each
-    answers."""
+def start_servers(procs: Procs, servers: dict[str, dict[str, str]]) -> list[tuple[Any, str]]:
+    """Start `crew serve` processes side by side (name: extra environment); returns
+    (process, base URL) for each, once it answers."""
     started = []
-    for name in names:
+    for name, env in servers.items():
         port = free_port()
         started.append((procs.serve(name, port, **env), f"http://127.0.0.1:{port}"))
     for server, base in started:
@@ -231,7 +231,7 @@ def start_servers(procs: Procs, *names: str, **env: str) -> list[tuple[Any, str]
 
 
 def start_server(procs: Procs, name: str, **env: str) -> tuple[Any, str]:
-    ((server, base),) = start_servers(procs, name, **env)
+    ((server, base),) = start_servers(procs, {name: env})
     return server, base
 
 
@@ -359,7 +359,12 @@ def test_two_api_processes_two_workers_a_burst_of_tasks(tmp_path: Path, pg_url: 
     env = process_env(pg_url, runs_root, TASKS_RATE_BURST="100")
     with Db(pg_url, runs_root) as db, Procs(tmp_path, env) as procs:
         workers = [procs.worker(f"w{i}", "--max-runs", "8") for i in range(2)]
-        servers = start_servers(procs, "api0", "api1", SERVE_EMBEDDED_WORKER="false")
+        # queueing only: the setting, and its alias from the design contract
+        only_queue = {
+            "api0": {"SERVE_EMBEDDED_WORKER": "false"},
+            "api1": {"CREW_EXECUTION": "workers"},
+        }
+        servers = start_servers(procs, only_queue)
         bases = [base for _, base in servers]
         run_ids = burst(bases, 50, SINGLE)
         assert len(set(run_ids)) == 50
