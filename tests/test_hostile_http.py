@@ -333,6 +333,18 @@ def _idle_sockets(port: int, count: int) -> list[socket.socket]:
     return sockets
 
 
+def _raw_status(port: int, path: str, method: str = "GET", extra: bytes = b"") -> int:
+    """The status of a request sent byte for byte: no client normalises `..` away or
+    refuses to send a Content-Length its body does not have."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nX-API-Key: {SERVE_KEY}\r\n"
+        sock.sendall(head.encode() + b"Connection: close\r\n" + extra)
+        answer = b""
+        while chunk := sock.recv(65_536):
+            answer += chunk
+    return int(answer.split(b" ", 2)[1])
+
+
 @pytest.mark.slow
 def test_serve_answers_while_200_connections_sit_idle(tmp_path: Path) -> None:
     port = free_port()
@@ -358,8 +370,16 @@ def test_serve_answers_while_200_connections_sit_idle(tmp_path: Path) -> None:
             started = http.post("/tasks", headers=headers, json={"task": {"type": "demo"}})
             statuses.append(started.status_code)
             huge = http.get("/runs", headers={"X-API-Key": "k" * 100_000})
+            chunked = http.post(
+                "/tasks", headers=headers, content=(b" " * 65_536 for _ in range(20))
+            )
         assert statuses == [200] * 21 + [202], statuses
         assert 400 <= huge.status_code < 500  # refused by the HTTP layer or as a bad key
+        assert chunked.status_code == 413, chunked.text
+        lying = b"Content-Length: 5000000\r\n\r\n{}"  # a length the body does not have
+        assert _raw_status(port, "/tasks", "POST", lying) == 413
+        for path in ("/artifacts/../../etc/passwd/download", "/runs/%00", "/runs/..%2f.."):
+            assert 400 <= _raw_status(port, path, extra=b"\r\n") < 500, path
         assert proc.poll() is None
     finally:
         for sock in idle:
