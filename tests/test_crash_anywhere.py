@@ -18,6 +18,7 @@ from CREW_CRASH_SEED (default 1300) upward. Every process is killed when the tes
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -149,10 +150,9 @@ def check_events(events: list[EventRow], done_before_kills: list[set[str]]) -> N
 
 
 def check_database(bench: Bench, run_id: str) -> None:
-    with sqlite3.connect(bench.db_file, timeout=30) as conn:
+    with contextlib.closing(sqlite3.connect(bench.db_file, timeout=30)) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
-    conn.close()
     artifacts = bench.db.call(lambda repo: repo.list_artifacts(run_id=run_id))
     paths = Counter(a.path for a in artifacts)
     assert all(count == 1 for count in paths.values()), paths
