@@ -60,6 +60,11 @@ async def test_a_run_continues_on_a_machine_with_an_empty_runs_root(
         first = await h.run(plan)
         assert first.status == "completed"
         elsewhere = dataclasses.replace(h.settings, runs_root=tmp_path / "elsewhere")
+        from crew.engine.service import run_summary
+
+        # an API machine without the files still counts the calls, from the database
+        seen = await run_summary(h.repo, elsewhere, first.run_id)
+        assert seen["providers"] == {"offline": 2} and seen["fallback_calls"] == 0
         await h.repo.update_run(first.run_id, status="interrupted")
         calls = h.provider.calls
         from crew.engine.service import execute_run

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -63,8 +64,12 @@ def test_workers_list_cli_and_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert empty.exit_code == 0 and json.loads(empty.stdout) == []
     db = f"sqlite+aiosqlite:///{tmp_path / 'crew.db'}"
     with api(db, tmp_path) as client:  # its embedded worker registers itself
-        page = client.get("/workers", headers=H)
-        assert page.status_code == 200
+        for _ in range(200):  # it does so in its own task, just after the start
+            page = client.get("/workers", headers=H)
+            assert page.status_code == 200
+            if page.json()["items"]:
+                break
+            time.sleep(0.02)
         (item,) = page.json()["items"]
         assert item["kind"] == "serve" and item["alive"] is True and item["runs"] == []
         assert item["heartbeat_at"] and item["max_runs"] == 4

@@ -64,6 +64,7 @@ class RunManager:
         self._task: asyncio.Task[Any] | None = None
         self._listening: contextlib.AsyncExitStack | None = None
         self._closing = False
+        self._closed = asyncio.Event()
 
     async def start_worker(self) -> None:
         """Start the embedded worker (if any) and its wake-ups; returns at once."""
@@ -87,7 +88,8 @@ class RunManager:
                 log.warning("embedded worker stopped (%s); restarting in 2s", error)
             except Exception:
                 log.exception("embedded worker crashed; restarting in 2s")
-            await asyncio.sleep(2.0)
+            with contextlib.suppress(TimeoutError):  # a shutdown ends the wait at once
+                await asyncio.wait_for(self._closed.wait(), 2.0)
 
     def queued(self, run_id: str) -> None:
         """A run was queued by this process: look for it now (others are NOTIFYed)."""
@@ -108,12 +110,14 @@ class RunManager:
         """Shutting down: stop claiming; runs in flight get the grace period, then go back
         to the queue (not `interrupted`)."""
         self._closing = True
+        self._closed.set()
         if self.worker is not None:
             self.worker.shutdown()
 
     def abort(self) -> None:
         """A second signal: give every run back to the queue now."""
         self._closing = True
+        self._closed.set()
         if self.worker is not None:
             self.worker.abort()
 

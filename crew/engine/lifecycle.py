@@ -318,6 +318,7 @@ class RunLifecycle:
         if self._ownership_lost:
             raise LeaseLostError(f"run {self.run.id}: lease lost; summary left to the new owner")
         run = await self.repo.get_run_progress(self.run.id)
+        sidecars = await self.repo.list_artifacts(run_id=self.run.id, type="sidecar")
         summary = build_summary(
             run=run,
             status=status,
@@ -326,6 +327,7 @@ class RunLifecycle:
             runs_root=self.files.runs_root,
             ended_at=ended_at,
             error=error,
+            sidecars=[a.content for a in sidecars if a.content],
         )
         summary["error_code"] = error_code
         return summary, self.files.prepare(self.files.summary(), to_json_text(summary))

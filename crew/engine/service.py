@@ -562,7 +562,7 @@ async def run_summary(repo: EngineStore, settings: Settings, run_id: str) -> dic
     if run is None:
         raise InvalidInputError(f"no run with id {run_id!r}")
     plan = parse_plan(run.task_spec)
-    states = await _load_states(repo, plan, run_id)
+    states, artifacts = await _load_states_and_artifacts(repo, plan, run_id)
     summary = build_summary(
         run=run,
         status=RunStatus(run.status),
@@ -571,6 +571,7 @@ async def run_summary(repo: EngineStore, settings: Settings, run_id: str) -> dic
         runs_root=settings.runs_root,
         ended_at=run.ended_at or utcnow(),
         error=run.error,
+        sidecars=[a.content for a in artifacts if a.type == "sidecar" and a.content],
     )
     summary["error_code"] = run.error_code
     return summary

@@ -30,8 +30,13 @@ def build_summary(
     runs_root: Path,
     ended_at: datetime,
     error: str | None = None,
+    sidecars: Iterable[str] | None = None,
 ) -> dict[str, Any]:
-    """`error` is the run's error (`budget_exceeded`, the failed nodes...), None on success."""
+    """`error` is the run's error (`budget_exceeded`, the failed nodes...), None on success.
+
+    `sidecars`: the contents of the run's sidecars, from the database (the truth, on any
+    machine); without them, the sidecar files under `runs_root` are read.
+    """
     ordered = sorted(states.values(), key=lambda s: s.position)
     counts = {status.value: 0 for status in NodeStatus}
     for state in ordered:
@@ -60,7 +65,11 @@ def build_summary(
         "cost_usd": None if run.cost_unknown else round(run.cost_usd, 8),
         "duration_ms": round((ended_at - started).total_seconds() * 1000, 1),
         "error": error,
-        **provider_counts(runs_root / run.id),
+        **(
+            provider_counts(runs_root / run.id)
+            if sidecars is None
+            else provider_counts_of(sidecars)
+        ),
     }
 
 
