@@ -35,7 +35,6 @@ async def record_failed_attempt(
     failure: Exception,
 ) -> None:
     """Record what the failed attempt `book` holds (see the module docstring)."""
-    assert work.journal is not None
     journal = work.journal
     calls = list(book.answered)
     error = str(failure) or type(failure).__name__

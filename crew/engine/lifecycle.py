@@ -29,6 +29,8 @@ from crew.engine.state import NodeState
 from crew.engine.store import EngineStore
 from crew.engine.summary import build_summary
 from crew.engine.write_queue import WriteQueue
+from crew.llm.client import LLMClient
+from crew.settings import Settings
 from crew.store.leases import Fence
 from crew.store.records import Claim
 
@@ -50,7 +52,8 @@ class RunLifecycle:
         self,
         *,
         repo: EngineStore,
-        work: NodeWork,
+        settings: Settings,
+        client: LLMClient,
         run: Any,
         plan: Plan,
         states: dict[str, NodeState],
@@ -63,7 +66,6 @@ class RunLifecycle:
         rng: random.Random | None = None,
     ) -> None:
         self.repo = repo
-        self.work = work
         self.run = run
         self.plan = plan
         self.states = states
@@ -83,6 +85,26 @@ class RunLifecycle:
         self.journal = Journal(
             run_id=run.id, request_id=run.request_id, queue=self.queue, listeners=listeners
         )
+        # Every LLM call of this run goes through the run's budget (when it has one),
+        # starting from what the run has spent so far (the supervisor's calls included:
+        # they were stored with the run), and shared through the run row.
+        self.budget: RunBudget | None = SharedRunBudget.for_claimed_run(
+            repo,
+            self.fence,
+            max_cost_usd=options.max_cost_usd,
+            max_tokens=options.max_tokens,
+            run=run,
+        )
+        self.work = NodeWork(
+            settings=settings,
+            client=client.with_budget(self.budget) if self.budget is not None else client,
+            plan=plan,
+            files=files,
+            options=options,
+            run_id=run.id,
+            states=states,
+            journal=self.journal,
+        )
         self._running: dict[asyncio.Task[bool], str] = {}
         # Nodes holding a concurrency slot: from their start until their LLM call has
         # answered. Writing a node's files and rows happens outside the slot, so the
@@ -99,7 +121,6 @@ class RunLifecycle:
         """Set by `drain()`: no new node starts; the run goes back to the queue."""
         self._releasing = False
         """Set once this process starts recording the run's end (and releasing it)."""
-        self.budget: RunBudget | None = None
         self._budget_reported = False
         self._unavailable: set[str] = set()
         """Nodes that failed because no LLM provider could answer (exit 4, not 1)."""
@@ -120,20 +141,6 @@ class RunLifecycle:
         self._cancel_requested = True
         if self._main_task is not None:
             self._main_task.cancel()
-
-    def _install_budget(self) -> None:
-        """Every LLM call of this run goes through the run's budget (when it has one),
-        starting from what the run has spent so far (the supervisor's calls included:
-        they were stored with the run)."""
-        self.budget = SharedRunBudget.for_claimed_run(
-            self.repo,
-            self.fence,
-            max_cost_usd=self.options.max_cost_usd,
-            max_tokens=self.options.max_tokens,
-            run=self.run,
-        )
-        if self.budget is not None:
-            self.work.client = self.work.client.with_budget(self.budget)
 
     def _budget_spent(self) -> bool:
         return self.budget is not None and self.budget.exceeded is not None

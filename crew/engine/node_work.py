@@ -80,6 +80,8 @@ class NodeWork:
         files: RunFiles,
         options: RunOptions,
         run_id: str,
+        states: dict[str, NodeState],
+        journal: Journal,
     ) -> None:
         self.settings = settings
         self.client = client
@@ -89,8 +91,8 @@ class NodeWork:
         self.options = options
         self.run_id = run_id
         self.dependents = plan.dependents()
-        self.states: dict[str, NodeState] = {}
-        self.journal: Journal | None = None
+        self.states = states
+        self.journal = journal
         self._fixed_material: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         self.provider_calls: dict[str, int] = {}
         """Answered calls per provider in this execution (the summary shows them)."""
@@ -215,7 +217,6 @@ class NodeWork:
     async def _manage(
         self, state: NodeState, started: Awaitable[Any], release: Callable[[], None]
     ) -> None:
-        assert self.journal is not None
         spec = state.spec
         role = resolve_role(state.role or spec.suggested_agent_role, spec.type)
         state.role = role.name
@@ -303,7 +304,6 @@ class NodeWork:
         role_updates: dict[str, str],
         extra_events: list[EngineEvent],
     ) -> None:
-        assert self.journal is not None
         journal = self.journal
         state.output_sha = main.sha256
         state.output_path = main.relative
@@ -375,7 +375,6 @@ class NodeWork:
         self.count_calls(calls)
 
     def llm_event(self, state: NodeState, call: CallResult) -> EngineEvent:
-        assert self.journal is not None
         return self.journal.event(
             EventType.LLM_CALL,
             f"{call.provider}/{call.model} answered node {state.key} "

@@ -51,8 +51,6 @@ class RunExecutor(RunLifecycle):
         self._main_task = asyncio.current_task()
         context.run_id.set(self.run.id)  # log lines and error reports name the run
         async with self.queue:
-            self.work.journal = self.journal
-            self._install_budget()
             heartbeat = asyncio.create_task(self._heartbeat(), name="crew-heartbeat")
             try:
                 if resume_reason is not None:

@@ -35,7 +35,7 @@ from crew.domain.status import EndReason, NodeStatus, ResumeReason, RunStatus
 from crew.engine.files import RunFiles
 from crew.engine.gc_policy import freeze_long_lived_objects
 from crew.engine.journal import EventListener
-from crew.engine.node_work import NodeWork, render_manager_answer
+from crew.engine.node_work import render_manager_answer
 from crew.engine.options import RunOptions
 from crew.engine.runner import RunExecutor
 from crew.engine.state import NodeState
@@ -358,18 +358,10 @@ async def execute_claimed(
         # or changed one: the database copy is the truth.
         await asyncio.to_thread(restore_files, files, plan, artifacts)
         stored_supervisor = await stored_supervisor_sidecar(repo, files) if reason is None else None
-        work = NodeWork(
-            settings=settings,
-            client=client,
-            plan=plan,
-            files=files,
-            options=options,
-            run_id=run.id,
-        )
-        work.states = states
         executor = RunExecutor(
             repo=repo,
-            work=work,
+            settings=settings,
+            client=client,
             run=run,
             plan=plan,
             states=states,
