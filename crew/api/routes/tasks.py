@@ -171,9 +171,7 @@ async def _plan_with_supervisor(request: Request, task: TaskRequest) -> tuple[An
         ) from None
     except BudgetExceededError as error:
         # The request's own limits cannot cover planning: its input, not a server fault.
-        raise ApiError(
-            400, f"planning refused: {error.message}", code="budget_exceeded"
-        ) from None
+        raise ApiError(400, f"planning refused: {error.message}", code="budget_exceeded") from None
     except PlanValidationError as error:
         raise ApiError(
             400, error.message, code="invalid_plan", errors=error.problems or [error.message]
