@@ -59,13 +59,23 @@ def _drop(data: Any, keys: set[str]) -> Any:
     return data
 
 
+def is_temporary(path: Path) -> bool:
+    """A write's temporary file (`.<name>.<pid>.tmp`, renamed over `<name>` once whole)."""
+    return path.name.startswith(".") and path.name.endswith(".tmp")
+
+
+def temporaries(run_dir: Path) -> list[str]:
+    """The temporary files left in a run folder, relative to it."""
+    return sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if is_temporary(p))
+
+
 def snapshot(run_dir: Path) -> dict[str, Any]:
-    """Every file of a run folder, by path relative to it, reduced to what two runs of
-    the same plan share: markdown as is, JSON without timings and with the run id
-    replaced by a placeholder."""
+    """Every file of a run folder but temporaries, by path relative to it, reduced to
+    what two runs of the same plan share: markdown as is, JSON without timings and with
+    the run id replaced by a placeholder."""
     run_id = run_dir.name
     files: dict[str, Any] = {}
-    for path in sorted(p for p in run_dir.rglob("*") if p.is_file()):
+    for path in sorted(p for p in run_dir.rglob("*") if p.is_file() and not is_temporary(p)):
         relative = path.relative_to(run_dir).as_posix()
         text = path.read_text(encoding="utf-8")
         if path.name.endswith(".llm.json"):

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from crash_plans import crash_plan, snapshot
+from crash_plans import crash_plan, snapshot, temporaries
 from worker_procs import Db, EventRow, Proc, Procs, process_env, wait_for
 
 pytestmark = pytest.mark.slow
@@ -184,6 +184,7 @@ def test_killed_anywhere_then_resumed(bench: Bench, trial: int) -> None:
     db = bench.db
     done_before_kills: list[set[str]] = []
     landed: list[str] = []
+    killed: list[int] = []
     with Procs(bench.folder, bench.env) as procs:
         for number, moment in enumerate(moments):
             proc = start_run(procs, f"{run_id}-{number}", run_id, resume=number > 0)
@@ -204,6 +205,7 @@ def test_killed_anywhere_then_resumed(bench: Bench, trial: int) -> None:
                 break
             proc.signal(signal.SIGKILL)
             assert proc.wait(timeout=30) == -signal.SIGKILL
+            killed.append(proc.pid)
             events = db.events(run_id)
             done = completed_keys(events)
             if events and events[-1].type == "RUN_COMPLETED":
@@ -218,7 +220,8 @@ def test_killed_anywhere_then_resumed(bench: Bench, trial: int) -> None:
         code = final.wait(timeout=120)
         assert code == 0, procs.logs()
         assert json.loads(final.stdout().splitlines()[-1])["status"] == "completed"
-        print(f"\ntrial seed={seed}: kills at {'; '.join(landed)}")
+        strays = temporaries(bench.runs_root / run_id)
+        print(f"\ntrial seed={seed}: kills at {'; '.join(landed)}; temporaries left: {strays}")
 
     run = db.run(run_id)
     assert run.status == "completed" and run.owner is None
@@ -230,3 +233,56 @@ def test_killed_anywhere_then_resumed(bench: Bench, trial: int) -> None:
     assert files.keys() == bench.reference.keys()
     for path, content in bench.reference.items():
         assert files[path] == content, f"{path} differs from the uninterrupted run's"
+    # A temporary file of a killed writer stays behind (the known defect the test below
+    # pins down): only those, named after a killed process, are tolerated here.
+    for stray in strays:
+        assert any(stray.endswith(f".{pid}.tmp") for pid in killed), stray
+
+
+class StrayTemporaryFile(AssertionError):
+    """A completed run's folder still holds a killed writer's temporary file."""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=StrayTemporaryFile,
+    reason=(
+        "a `crew run` killed between writing a file's temporary copy and renaming it "
+        "(`.<name>.<pid>.tmp`, crew.engine.files.write_atomic) leaves that partial copy "
+        "in the run folder for good: `crew run --resume` writes or restores the real file "
+        "but never removes the dead process's temporary, so the completed run's folder "
+        "differs from an uninterrupted run's (seen in 2 of 30 random SIGKILL trials)"
+    ),
+)
+def test_a_killed_writers_temporary_file_is_gone_after_the_resume(bench: Bench) -> None:
+    """The state such a kill leaves, made exactly: a real run killed with SIGKILL, and
+    the partial temporary copy of a node's markdown its process was writing."""
+    run_id = "stray-temporary"
+    db = bench.db
+    with Procs(bench.folder, bench.env) as procs:
+        proc = start_run(procs, run_id, run_id, resume=False)
+        wait_for_row(db, proc, run_id)
+        wait_for(
+            lambda: len(completed_keys(db.events(run_id))) >= 3 or not proc.alive(),
+            timeout=60,
+            what="three completed nodes",
+            procs=procs,
+            interval=0.005,
+        )
+        proc.signal(signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+        pending = [key for key in KEYS if key not in completed_keys(db.events(run_id))]
+        assert pending, "the run completed before it could be killed"
+        key = pending[-1]
+        whole = bench.reference[f"nodes/{key}/artifact_{key}.md"].encode("utf-8")
+        folder = bench.runs_root / run_id / "nodes" / key
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f".artifact_{key}.md.{proc.pid}.tmp").write_bytes(whole[: len(whole) // 2])
+
+        final = start_run(procs, f"{run_id}-final", run_id, resume=True)
+        assert final.wait(timeout=120) == 0, procs.logs()
+    assert db.run(run_id).status == "completed"
+    assert snapshot(bench.runs_root / run_id) == bench.reference
+    strays = temporaries(bench.runs_root / run_id)
+    if strays:
+        raise StrayTemporaryFile(f"left in the completed run's folder: {strays}")
