@@ -1,5 +1,5 @@
 """Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, `nox -s benchmarks`,
-`nox -s realserver`.
+`nox -s realserver`, `nox -s torture`.
 
 Each session installs the project the way the README tells a newcomer to, so a session
 that passes here passes from a fresh clone too.
@@ -7,6 +7,7 @@ that passes here passes from a fresh clone too.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nox
@@ -78,3 +79,18 @@ def workers_bench(session: nox.Session) -> None:
     """
     session.install("-e", ".[dev]")
     session.run("python", "benchmarks/workers.py", *session.posargs)
+
+
+TORTURE_FILES = ["tests/test_crash_anywhere.py", "tests/test_concurrent_writers.py"]
+TORTURE_ENV = {"CREW_TORTURE_TRIALS": "30", "CREW_TORTURE_SECONDS": "60"}
+
+
+@nox.session(python=PYTHON)
+def torture(session: nox.Session) -> None:
+    """The crash-anywhere and concurrent-writers suites with large numbers: 30 SIGKILL
+    trials and 60 s of concurrent writers (the default suite runs 5 and 10 s). The
+    environment overrides them (`CREW_TORTURE_TRIALS=100 nox -s torture`), and
+    CREW_CRASH_SEED / CREW_CONCURRENCY_SEED pick other seeds; extra arguments go to pytest."""
+    session.install("-e", ".[dev]")
+    env = {name: os.environ.get(name) or value for name, value in TORTURE_ENV.items()}
+    session.run("pytest", "-s", *TORTURE_FILES, *session.posargs, env=env)
