@@ -20,11 +20,11 @@ from typing import Any, TypeVar
 
 from crew.domain.errors import ConfigError
 from crew.domain.providers import PROVIDER_NAMES
+from crew.domain.vocabulary import LANGUAGES, ROLE_KINDS
 
 T = TypeVar("T")
 
-ROLE_NAMES: tuple[str, ...] = ("supervisor", "manager", "executor", "recruiter")
-LANGUAGES: tuple[str, ...] = ("fr", "en")
+ROLE_NAMES = ROLE_KINDS
 LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS: tuple[str, ...] = ("text", "json")
 EXECUTION_MODES: tuple[str, ...] = ("local", "workers")

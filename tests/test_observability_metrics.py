@@ -125,7 +125,10 @@ def test_labels_are_bounded(scraped: str) -> None:
 
 
 def test_bounded_label_rules() -> None:
-    from crew.observability.metrics import ModelLabels, provider_label, role_label
+    from crew.agents.roles import BUILTIN_ROLES
+    from crew.observability.metrics import ModelLabels, RoleLabels, provider_label
+
+    role_label = RoleLabels(BUILTIN_ROLES)
     from crew.settings import settings_from_values
 
     settings = settings_from_values(

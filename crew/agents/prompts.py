@@ -16,8 +16,8 @@ from importlib.resources import files
 from importlib.resources.abc import Traversable
 
 from crew.domain.errors import ConfigError
+from crew.domain.vocabulary import LANGUAGES
 
-LANGUAGES: tuple[str, ...] = ("fr", "en")
 DEFAULT_LANGUAGE = "fr"
 EXECUTOR_FAMILIES: tuple[str, ...] = ("writer", "researcher", "reviewer", "manager", "generic")
 

@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from crew.agents.roles import BUILTIN_ROLES
 from crew.api.errors import ApiError, error_response
 from crew.api.middleware import KeyChecker, RequestMiddleware
 from crew.api.spec import ENDPOINTS
@@ -58,7 +59,7 @@ def create_app(
     from crew.api.routes import load
 
     load()
-    hooks = hooks if hooks is not None else server_hooks(settings)
+    hooks = hooks if hooks is not None else server_hooks(settings, BUILTIN_ROLES)
     state = ApiState(
         settings,
         heartbeat_s=heartbeat_s,

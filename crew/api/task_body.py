@@ -27,6 +27,7 @@ from crew.domain.limits import (
 )
 from crew.domain.plan import Plan, parse_plan
 from crew.domain.providers import PROVIDER_NAMES
+from crew.domain.vocabulary import DEFAULT_TITLE, REQUEST_ROLE_KINDS
 from crew.settings import Settings
 
 BODY_KEYS = (
@@ -50,8 +51,7 @@ OPTION_KEYS = (
     "acceptance",
     "resume",
 )
-LLM_ROLES = ("supervisor", "manager", "executor")
-DEFAULT_TITLE = "Rapport 80p"
+LLM_ROLES = REQUEST_ROLE_KINDS
 
 
 def demo_plan(title: str | None) -> Plan:

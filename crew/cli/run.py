@@ -22,6 +22,7 @@ from crew.domain.errors import (
     UnavailableError,
 )
 from crew.domain.providers import PROVIDER_NAMES
+from crew.domain.vocabulary import DEFAULT_TITLE
 
 if TYPE_CHECKING:
     from crew.domain.plan import Plan
@@ -62,7 +63,7 @@ def run_command(
     ] = False,
     title: Annotated[
         str, typer.Option("--title", help="The goal's title (with --use-supervisor).")
-    ] = "Rapport 80p",
+    ] = DEFAULT_TITLE,
     description: Annotated[
         str | None, typer.Option("--description", help="The goal's description.")
     ] = None,

@@ -106,7 +106,9 @@ async def _main(
     log = logging.getLogger("crew.worker")
     if metrics_port is not None and not settings.metrics_enabled:
         settings = _with_metrics(settings)
-    hooks = server_hooks(settings)
+    from crew.agents.roles import BUILTIN_ROLES
+
+    hooks = server_hooks(settings, BUILTIN_ROLES)
     if metrics_port is not None:
         from prometheus_client import start_http_server
 

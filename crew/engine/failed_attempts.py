@@ -11,24 +11,38 @@ run's totals are always the sum of its calls, whatever failed.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Iterable
+from typing import Any, Protocol
 
 from crew.domain.events import EventLevel, EventType
 from crew.engine.budget import RunBudget
-from crew.engine.files import artifact_row, to_json_text
+from crew.engine.files import RunFiles, artifact_row, to_json_text
 from crew.engine.journal import EngineEvent, Journal
 from crew.engine.sidecar import build_sidecar, usage_of
 from crew.engine.state import NodeState
 from crew.llm import ledger
-from crew.llm.client import LLMClient
+from crew.llm.client import CallResult, LLMClient
+from crew.settings import Settings
 
-if TYPE_CHECKING:
-    from crew.engine.node_work import NodeWork
+
+class AttemptRecorder(Protocol):
+    """What recording a failed attempt needs of the node work (crew/engine/node_work.py)."""
+
+    run_id: str
+    settings: Settings
+    files: RunFiles
+    client: LLMClient
+    journal: Journal
+
+    def role_kind(self, state: NodeState) -> str: ...
+
+    def llm_event(self, state: NodeState, call: CallResult) -> EngineEvent: ...
+
+    def count_calls(self, calls: Iterable[CallResult]) -> None: ...
 
 
 async def record_failed_attempt(
-    work: NodeWork,
+    work: AttemptRecorder,
     state: NodeState,
     started: Awaitable[Any],
     book: ledger.CallLedger,

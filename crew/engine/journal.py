@@ -12,9 +12,10 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from crew.domain.clock import utcnow
 from crew.domain.events import EventLevel, EventType
 from crew.engine.write_queue import WriteQueue
 from crew.store.records import NewEvent
@@ -32,7 +33,7 @@ class EngineEvent:
     node_id: str | None = None
     node_key: str | None = None
     request_id: str | None = None
-    timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
+    timestamp: datetime = field(default_factory=utcnow)
     id: int | None = None
 
 

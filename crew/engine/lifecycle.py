@@ -12,9 +12,10 @@ import asyncio
 import logging
 import random
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+from crew.domain.clock import utcnow
 from crew.domain.errors import LeaseLostError
 from crew.domain.events import EventLevel, EventType
 from crew.domain.plan import Plan
@@ -39,10 +40,6 @@ log = logging.getLogger("crew.engine")
 DEFAULT_LEASE_S = 15.0
 """How long a claim lasts without renewal (RUN_LEASE_S); the owner renews it three
 times per lease, so one late renewal does not lose the run."""
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class RunLifecycle:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from crew.agents.goal import Goal
 from crew.agents.manager import assign
 from crew.agents.prompts import TEMPLATE_VERSION
 from crew.agents.roles import resolve_role
+from crew.domain.clock import utcnow
 from crew.domain.events import EventType
 from crew.domain.plan import NodeType, Plan
 from crew.domain.status import NodeStatus
@@ -309,7 +309,7 @@ class NodeWork:
         state.output_path = main.relative
         checksum = self.checksum(state)
         input_tokens, output_tokens, cost = usage_of(calls)
-        now = datetime.now(UTC)
+        now = utcnow()
         events = [self.llm_event(state, call) for call in calls]
         events.extend(overshoot_events(journal, self.client, state))
         events.extend(extra_events)

@@ -11,10 +11,10 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from crew.domain.plan import LLMSpec
+from crew.domain.vocabulary import ROLE_KINDS
 from crew.settings import Settings
 
 DEFAULT_NODE_TIMEOUT_S = 600.0
-LLM_ROLE_KINDS = ("supervisor", "manager", "executor", "recruiter")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +69,7 @@ class RunOptions:
     def request_override(self, role_kind: str) -> LLMSpec | None:
         """The request layer for `role_kind`."""
         data = self.request_llm
-        if any(kind in data for kind in LLM_ROLE_KINDS):
+        if any(kind in data for kind in ROLE_KINDS):
             return _spec(data.get(role_kind))
         return _spec(data)
 

@@ -17,12 +17,13 @@ import contextlib
 import os
 import shutil
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from crew.domain.clock import utcnow
 from crew.domain.errors import DatabaseUnavailableError
 from crew.domain.plan import is_valid_key
 from crew.store import retention
@@ -177,7 +178,7 @@ async def collect(
     now: datetime | None = None,
 ) -> GcReport:
     """Delete the finished runs in `statuses` that ended more than `older_than` ago."""
-    cutoff = (now or datetime.now(UTC)) - older_than
+    cutoff = (now or utcnow()) - older_than
     report = GcReport(dry_run=dry_run, cutoff=cutoff, statuses=statuses)
     found = await retention.finished_runs(engine, ended_before=cutoff, statuses=statuses)
     before = database_file_bytes(engine)

@@ -13,6 +13,7 @@ import heapq
 import logging
 from typing import Any
 
+from crew.domain.clock import utcnow
 from crew.domain.errors import (
     BudgetExceededError,
     CrewError,
@@ -25,7 +26,7 @@ from crew.domain.plan import NodeType
 from crew.domain.status import NodeStatus, ResumeReason, RunStatus
 from crew.engine.backoff import retry_delay
 from crew.engine.budget import RunBudgetExceeded
-from crew.engine.lifecycle import RunLifecycle, utcnow
+from crew.engine.lifecycle import RunLifecycle
 from crew.engine.shared_budget import SharedRunBudget
 from crew.engine.state import NodeState
 from crew.observability import context

@@ -17,10 +17,11 @@ import socket
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from crew.agents.roles import resolve_role
+from crew.domain.clock import utcnow
 from crew.domain.errors import (
     ConflictError,
     CrewError,
@@ -74,10 +75,6 @@ class SupervisorCalls:
 def new_owner() -> str:
     """Who executes a run: enough to find the process (host, pid) and tell restarts apart."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def initial_role(plan: Plan, key: str) -> str | None:

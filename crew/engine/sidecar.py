@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from crew.domain.limits import cut
 from crew.llm.client import CallResult
 from crew.llm.ledger import FailedCall
 
@@ -21,9 +22,8 @@ SIDECAR_SCHEMA_VERSION = 1
 
 
 def truncate(text: str, limit: int) -> str:
-    if limit <= 0 or len(text) <= limit:
-        return text
-    return text[:limit] + f"\n[… truncated {len(text) - limit} characters]"
+    """A prompt as the sidecar keeps it: SIDECAR_PROMPT_MAX_CHARS characters (0: whole)."""
+    return text if limit <= 0 else cut(text, limit)
 
 
 def build_sidecar(

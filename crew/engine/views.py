@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import fields
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
+
+from crew.domain.clock import utcnow
 
 RUN_LIST_FIELDS = (
     "id",
@@ -38,7 +40,7 @@ def lease_state(run: Any, now: datetime | None = None) -> str:
     if getattr(run, "owner", None) is None:
         return "free"
     expires = getattr(run, "lease_expires_at", None)
-    if expires is None or expires < (now or datetime.now(UTC)):
+    if expires is None or expires < (now or utcnow()):
         return "expired"
     return "held"
 
@@ -75,7 +77,7 @@ def worker_item(worker: Any, runs: list[str], lease_s: float) -> dict[str, Any]:
     without deregistering, and its runs are (or will be) taken over.
     """
     item = jsonable(worker, only=tuple(f.name for f in fields(worker)))
-    silent_for = (datetime.now(UTC) - worker.heartbeat_at).total_seconds()
+    silent_for = (utcnow() - worker.heartbeat_at).total_seconds()
     item["alive"] = silent_for <= 2 * lease_s
     item["runs"] = runs
     item["runs_held"] = len(runs)  # the database's word, fresher than the last beat

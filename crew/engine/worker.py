@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from crew.domain.clock import utcnow
 from crew.domain.errors import CrewError, LeaseLostError
 from crew.domain.status import RunStatus
-from crew.engine.lifecycle import utcnow
 from crew.engine.runner import RunExecutor
 from crew.engine.service import execute_claimed, lease_until, new_owner
 from crew.engine.store import EngineStore

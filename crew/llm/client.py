@@ -17,9 +17,9 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any
 
+from crew.domain.clock import utcnow
 from crew.domain.errors import ConfigError, NoProviderAnsweredError, ProviderError
 from crew.domain.plan import LLMSpec
 from crew.llm import ledger
@@ -132,7 +132,7 @@ class LLMClient:
             json_schema=json_schema,
             schema_name=schema_name,
         )
-        started_at = datetime.now(UTC)
+        started_at = utcnow()
         clock = time.perf_counter()
         attempt_log: list[Attempt] = []
         try:
@@ -146,14 +146,14 @@ class LLMClient:
                         provider=resolved.provider,
                         model=resolved.model,
                         started_at=started_at,
-                        ended_at=datetime.now(UTC),
+                        ended_at=utcnow(),
                         elapsed_ms=(time.perf_counter() - clock) * 1000.0,
                         error=error.message,
                         attempt_log=list(attempt_log),
                     )
                 )
             raise
-        ended_at = datetime.now(UTC)
+        ended_at = utcnow()
         response = outcome.response
         cost, price_source = await self._price(outcome.provider, outcome.request.model, response)
         result = CallResult(

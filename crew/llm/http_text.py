@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from crew.domain.clock import utcnow
 from crew.domain.errors import ProviderError
 
 
@@ -97,7 +98,7 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    current = now or datetime.now(UTC)
+    current = now or utcnow()
     return max(0.0, (when - current).total_seconds())
 
 

@@ -15,13 +15,10 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from crew.llm.base import LLMRequest
+from crew.llm.calls import CallResult
 from crew.llm.retry import Attempt
-
-if TYPE_CHECKING:
-    from crew.llm.client import CallResult
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,15 +40,17 @@ class Hooks:
         return [factory() for factory in self.run_listener_factories]
 
 
-def server_hooks(settings: Settings) -> Hooks:
-    """The hooks of `crew serve` for these settings."""
+def server_hooks(settings: Settings, role_names: Iterable[str] = ()) -> Hooks:
+    """The hooks of `crew serve` (and `crew worker`) for these settings; `role_names`
+    are the roles metrics label by name (others are `other`)."""
     hooks = Hooks()
     if settings.metrics_enabled:
         from crew.observability import metrics
 
         hooks.http = metrics.observe_http
-        hooks.llm = metrics.LLMMetrics(settings)
-        hooks.run_listener_factories.append(metrics.RunMetrics)
+        roles = metrics.RoleLabels(role_names)
+        hooks.llm = metrics.LLMMetrics(settings, roles)
+        hooks.run_listener_factories.append(lambda: metrics.RunMetrics(roles))
         hooks.on_exit.append(metrics.process_exiting)
         hooks.worker_claimed = metrics.observe_claim
         hooks.worker_counts = metrics.observe_lease_counts

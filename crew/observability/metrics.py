@@ -40,7 +40,6 @@ from prometheus_client import (
     generate_latest,
 )
 
-from crew.agents.roles import BUILTIN_ROLES
 from crew.domain.events import EventType
 from crew.domain.providers import PROVIDER_NAMES
 from crew.settings import ROLE_NAMES, Settings, price_env_key
@@ -52,7 +51,6 @@ MULTIPROCESS = bool(os.environ.get(MULTIPROC_ENV))
 """Decided when prometheus_client is imported, as prometheus_client itself does."""
 
 OTHER = "other"
-KNOWN_ROLES = frozenset(BUILTIN_ROLES)
 KNOWN_PROVIDERS = frozenset(PROVIDER_NAMES)
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED = "unmatched"
@@ -140,8 +138,16 @@ for _status in RUN_STATUSES:  # present at 0 from the first scrape, so rate() wo
     RUNS.labels(_status)
 
 
-def role_label(role: str | None) -> str:
-    return role if role in KNOWN_ROLES else OTHER
+class RoleLabels:
+    """A role as a label: the roles the caller names (the built-in ones) by name, every
+    other role (recruited ones, a plan's inventions) as `other`. Passed in, so metrics do
+    not depend on the agents layer."""
+
+    def __init__(self, known: Iterable[str]) -> None:
+        self.known = frozenset(known)
+
+    def __call__(self, role: str | None) -> str:
+        return role if role in self.known else OTHER
 
 
 def provider_label(provider: str | None) -> str:
@@ -209,14 +215,15 @@ def observe_http(method: str, route: str, status: int, seconds: float) -> None:
 class LLMMetrics:
     """The LLM client's observer: one per server process (see crew.llm.client)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, roles: RoleLabels) -> None:
         self.model = ModelLabels(settings)
+        self.role = roles
 
     def request_done(
         self, provider: str, model: str | None, role: str, outcome: str, seconds: float
     ) -> None:
         p, m = provider_label(provider), self.model(model)
-        LLM_REQUESTS.labels(p, m, role_label(role), outcome).inc()
+        LLM_REQUESTS.labels(p, m, self.role(role), outcome).inc()
         LLM_DURATION.labels(p, m).observe(seconds)
 
     def call_done(self, result: Any) -> None:
@@ -236,7 +243,8 @@ class RunMetrics:
     leaves `crew_runs_in_progress`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, roles: RoleLabels) -> None:
+        self.role = roles
         self._started: float | None = None
         self._nodes_started: dict[str, float] = {}
         self._roles: dict[str, str | None] = {}
@@ -263,7 +271,7 @@ class RunMetrics:
             self._nodes_started.setdefault(key, now)
             self._roles[key] = payload.get("role") or self._roles.get(key)
         elif kind in (EventType.NODE_COMPLETED, EventType.NODE_FAILED) and key is not None:
-            role = role_label(payload.get("role") or self._roles.get(key))
+            role = self.role(payload.get("role") or self._roles.get(key))
             status = "completed" if kind is EventType.NODE_COMPLETED else "failed"
             NODES.labels(status, role).inc()
             began = self._nodes_started.pop(key, None)
@@ -272,14 +280,14 @@ class RunMetrics:
             elif payload.get("latency_ms") is not None:
                 NODE_DURATION.labels(role).observe(float(payload["latency_ms"]) / 1000)
         elif kind is EventType.NODE_SKIPPED and key is not None:
-            NODES.labels("skipped", role_label(self._roles.get(key))).inc()
+            NODES.labels("skipped", self.role(self._roles.get(key))).inc()
         elif kind is EventType.BUDGET_EXCEEDED:
             BUDGET_EXCEEDED.inc()
         elif kind in END_EVENTS:
             status = END_EVENTS[kind]
             RUNS.labels(status).inc()
             for node in payload.get("canceled_nodes") or ():
-                NODES.labels("canceled", role_label(self._roles.get(node))).inc()
+                NODES.labels("canceled", self.role(self._roles.get(node))).inc()
             if self._started is not None:
                 RUN_DURATION.labels(status).observe(now - self._started)
                 RUNS_IN_PROGRESS.dec()

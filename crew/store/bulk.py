@@ -28,11 +28,12 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, Table, bindparam, insert, null, update
 from sqlalchemy.sql.dml import UpdateBase
 
+from crew.domain.clock import utcnow
 from crew.domain.errors import LeaseLostError
 from crew.store.leases import Fence, event_lock_statement, fence_statement
 from crew.store.models import artifacts_table, events_table, nodes_table, runs_table
 from crew.store.records import ArtifactRecord, NewArtifact, NewEvent
-from crew.store.repository import _checked, _event_row, replaced_artifacts_statement, utcnow
+from crew.store.statements import checked, event_row, replaced_artifacts_statement
 
 _KEY = "b_key"
 """Bind name of the row id in grouped updates (must differ from every column name)."""
@@ -82,7 +83,7 @@ class BulkWriter:
         return self.segments[-1]
 
     async def update_run(self, run_id: str, **columns: Any) -> None:
-        values = _checked(runs_table, columns)
+        values = checked(runs_table, columns)
         values.setdefault("updated_at", utcnow())
         self._update("runs", run_id, values, increments=())
 
@@ -102,7 +103,7 @@ class BulkWriter:
             usage.cost_usd += cost_usd
 
     async def update_node(self, node_id: str, **columns: Any) -> None:
-        self._update("nodes", node_id, _checked(nodes_table, columns), increments=())
+        self._update("nodes", node_id, checked(nodes_table, columns), increments=())
 
     async def finish_node(
         self,
@@ -113,7 +114,7 @@ class BulkWriter:
         cost_usd: float | None,
         **columns: Any,
     ) -> None:
-        values = _checked(nodes_table, columns)
+        values = checked(nodes_table, columns)
         values["input_tokens"] = input_tokens
         values["output_tokens"] = output_tokens
         values["cost_usd"] = cost_usd  # None: unknown for good, as in the one-shot writer
@@ -147,7 +148,7 @@ class BulkWriter:
         """Buffer events; the returned list holds their ids once the group is flushed."""
         ids: list[int] = []
         now = utcnow()
-        self._current.events.extend((_event_row(event, now), ids) for event in events)
+        self._current.events.extend((event_row(event, now), ids) for event in events)
         return ids
 
     def _update(

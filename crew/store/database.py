@@ -1,4 +1,4 @@
-"""Engines for the two supported backends and the schema check done on open.
+"""Opening the database: the schema check done on open, and the repository.
 
 SQLite is the zero-setup default, so it is migrated automatically on first use;
 PostgreSQL is shared by several processes and is only migrated on purpose
@@ -9,16 +9,23 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event, inspect, text
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy import inspect, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from crew.domain.errors import ConfigError, DatabaseUnavailableError, MigrationRequiredError
+from crew.domain.errors import MigrationRequiredError
 from crew.store import SCHEMA_HEAD
+from crew.store.engines import (
+    ACCEPTED_SCHEMES,
+    POSTGRES,
+    SQLITE,
+    create_engine,
+    display_url,
+    parse_url,
+    sqlite_file,
+    sqlite_pragmas,
+)
 from crew.store.errors import reason, unavailable_on_failure
 from crew.store.repository import Repository
 
@@ -26,80 +33,18 @@ if TYPE_CHECKING:
     from crew.settings import Settings
     from crew.store.sync_writer import SyncWriter
 
-SQLITE = "sqlite+aiosqlite"
-POSTGRES = "postgresql+asyncpg"
-ACCEPTED_SCHEMES = (SQLITE, POSTGRES)
-# Fail fast when the server is down instead of the driver's one-minute default.
-PG_CONNECT_TIMEOUT_S = 10
-
-
-def parse_url(url: str) -> URL:
-    """Parse DATABASE_URL and check it names a supported async driver."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise ConfigError(
-            f"DATABASE_URL {url!r} is not a database URL: expected "
-            + " or ".join(f"{scheme}://..." for scheme in ACCEPTED_SCHEMES)
-        ) from None
-    if parsed.drivername not in ACCEPTED_SCHEMES:
-        raise ConfigError(
-            f"DATABASE_URL scheme {parsed.drivername!r} is not supported: use "
-            + " or ".join(f"{scheme}://" for scheme in ACCEPTED_SCHEMES)
-        )
-    return parsed
-
-
-def display_url(url: str | URL) -> str:
-    """The URL with its password hidden, for messages and logs."""
-    parsed = make_url(url) if isinstance(url, str) else url
-    return parsed.render_as_string(hide_password=True)
-
-
-def sqlite_file(parsed: URL) -> Path | None:
-    """The file behind a SQLite URL; None for an in-memory database."""
-    database = parsed.database
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    return Path(database)
-
-
-def create_engine(url: str) -> AsyncEngine:
-    """An async engine for `sqlite+aiosqlite` or `postgresql+asyncpg` (ConfigError otherwise)."""
-    parsed = parse_url(url)
-    if parsed.drivername == SQLITE:
-        path = sqlite_file(parsed)
-        if path is not None:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                raise DatabaseUnavailableError(
-                    f"cannot create the folder of the SQLite database {path}: {error.strerror}"
-                ) from error
-        engine = create_async_engine(parsed)
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        return engine
-    return create_async_engine(
-        parsed, pool_pre_ping=True, connect_args={"timeout": PG_CONNECT_TIMEOUT_S}
-    )
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    """Per-connection settings SQLite does not remember (except WAL, which is harmless).
-
-    WAL lets readers (`crew events tail`, the API) run while the engine writes;
-    busy_timeout makes a writer wait for the lock instead of failing at once; foreign
-    keys are off by default in SQLite and cascades depend on them; NORMAL sync is safe
-    with WAL and much faster than FULL.
-    """
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=5000")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-    finally:
-        cursor.close()
+__all__ = [
+    "ACCEPTED_SCHEMES",
+    "POSTGRES",
+    "SQLITE",
+    "create_engine",
+    "display_url",
+    "ensure_schema",
+    "open_repository",
+    "parse_url",
+    "schema_revision",
+    "sqlite_file",
+]
 
 
 async def schema_revision(connection: AsyncConnection) -> str | None:
@@ -174,4 +119,4 @@ def _sqlite_writer(engine: AsyncEngine) -> SyncWriter | None:
         return None
     from crew.store.sync_writer import SyncWriter
 
-    return SyncWriter(engine.url, _sqlite_pragmas)
+    return SyncWriter(engine.url, sqlite_pragmas)

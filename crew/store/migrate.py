@@ -91,7 +91,7 @@ def _parse(url: str) -> URL:
 
 
 async def _run_async(url: str, fn: Callable[[Connection], T]) -> T:
-    from crew.store.database import create_engine
+    from crew.store.engines import create_engine
     from crew.store.errors import unavailable_on_failure
 
     engine = create_engine(url)

@@ -17,14 +17,16 @@ import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Delete, Table, bindparam, delete, insert, true, update
+from sqlalchemy import Table, delete, insert, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from crew.domain.clock import utcnow
 from crew.domain.errors import ConflictError
+from crew.store.bulk import BulkWriter, ConnectionSender, flush_segments
 from crew.store.errors import unavailable_on_failure
 from crew.store.leases import Fence, LeaseQueries, event_lock_statement
 from crew.store.models import artifacts_table, events_table, nodes_table, runs_table
@@ -34,37 +36,10 @@ from crew.store.records import (
     NewEvent,
     NewNode,
 )
+from crew.store.statements import checked, event_row, replaced_artifacts_statement
 
 if TYPE_CHECKING:
-    from crew.store.bulk import BulkWriter
     from crew.store.sync_writer import SyncWriter
-
-
-def replaced_artifacts_statement() -> Delete:
-    """Delete the row of a file about to get a new one (one row per file, see models)."""
-    c = artifacts_table.c
-    return delete(artifacts_table).where(
-        c.run_id == bindparam("run_id", type_=c.run_id.type),
-        c.path == bindparam("path", type_=c.path.type),
-    )
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _checked(table: Table, columns: Mapping[str, Any]) -> dict[str, Any]:
-    """Refuse unknown or immutable column names: a typo must not pass silently."""
-    names = frozenset(columns)
-    if (table.name, names) not in _ACCEPTED:  # the engine updates a few shapes, very often
-        unknown = sorted(names - {c.name for c in table.columns} | ({"id"} & names))
-        if unknown:
-            raise ValueError(f"cannot update {table.name} column(s): {', '.join(unknown)}")
-        _ACCEPTED.add((table.name, names))
-    return dict(columns)
-
-
-_ACCEPTED: set[tuple[str, frozenset[str]]] = set()
 
 
 def _status_filter(table: Table, when_status: str | Collection[str] | None) -> list[Any]:
@@ -138,7 +113,7 @@ class _Queries(LeaseQueries):
         `when_status` makes it a compare-and-set: the row changes only if its status is
         one of those, so a late writer cannot resurrect a run someone else finished.
         """
-        values = _checked(runs_table, columns)
+        values = checked(runs_table, columns)
         values.setdefault("updated_at", utcnow())
         where = [runs_table.c.id == run_id, *_status_filter(runs_table, when_status)]
         return await self._update(update(runs_table).where(*where).values(values))
@@ -171,6 +146,32 @@ class _Queries(LeaseQueries):
         stmt = update(runs_table).where(*where)
         return await self._update(stmt.values(owner=None, heartbeat_at=None, lease_expires_at=None))
 
+    # ---- idempotency keys of `POST /tasks` ---------------------------------------------
+    # Stored (as a digest that also names the API key, so two clients cannot see each
+    # other's runs) in a unique column of `runs`: the guarantee survives restarts and
+    # holds across server processes.
+
+    async def run_with_idempotency_key(self, digest: str) -> str | None:
+        """The id of the run started with this key digest, if any."""
+        c = runs_table.c
+        row = await self._one(select(c.id).where(c.idempotency_key == digest))
+        return None if row is None else str(row["id"])
+
+    async def attach_idempotency_key(self, run_id: str, digest: str) -> str:
+        """Give `run_id` the key; returns the run that holds it (another one if it won a
+        race). When two identical requests race, the unique index lets exactly one run
+        keep the key, and the loser's run (created a moment ago, never executed) is
+        deleted: the caller answers with the winner's id instead."""
+        try:
+            await self.update_run(run_id, idempotency_key=digest)
+        except IntegrityError:
+            winner = await self.run_with_idempotency_key(digest)
+            if winner is None:  # pragma: no cover - the winner was deleted meanwhile
+                raise
+            await self.delete_run(run_id)
+            return winner
+        return run_id
+
     async def delete_run(self, run_id: str) -> bool:
         """Delete a run; its nodes, artifacts and events go with it (ON DELETE CASCADE)."""
         return await self._update(delete(runs_table).where(runs_table.c.id == run_id))
@@ -181,7 +182,7 @@ class _Queries(LeaseQueries):
         self, node_id: str, *, when_status: str | Collection[str] | None = None, **columns: Any
     ) -> bool:
         """Set the given columns only; `when_status` as in update_run."""
-        values = _checked(nodes_table, columns)
+        values = checked(nodes_table, columns)
         where = [nodes_table.c.id == node_id, *_status_filter(nodes_table, when_status)]
         return await self._update(update(nodes_table).where(*where).values(values))
 
@@ -199,7 +200,7 @@ class _Queries(LeaseQueries):
         The hot path of every node: one statement instead of an update plus an increment.
         """
         c = nodes_table.c
-        values = _checked(nodes_table, columns)
+        values = checked(nodes_table, columns)
         values["input_tokens"] = c.input_tokens + input_tokens
         values["output_tokens"] = c.output_tokens + output_tokens
         values["cost_usd"] = None if cost_usd is None else c.cost_usd + cost_usd
@@ -276,7 +277,7 @@ class _Queries(LeaseQueries):
         )  # fmt: skip
         async with self._connection() as conn:
             await lock_runs_for_events(conn, [run_id])
-            result = await conn.execute(insert(events_table).values(_event_row(event)))
+            result = await conn.execute(insert(events_table).values(event_row(event)))
         key = result.inserted_primary_key
         if key is None:  # pragma: no cover - both drivers report the new id
             raise RuntimeError("the database did not return the new event's id")
@@ -290,7 +291,7 @@ class _Queries(LeaseQueries):
         stmt = insert(events_table).returning(events_table.c.id, sort_by_parameter_order=True)
         async with self._connection() as conn:
             await lock_runs_for_events(conn, [e.run_id for e in events])
-            result = await conn.execute(stmt, [_event_row(e, now) for e in events])
+            result = await conn.execute(stmt, [event_row(e, now) for e in events])
             return [int(row[0]) for row in result]
 
 
@@ -302,15 +303,6 @@ async def lock_runs_for_events(conn: AsyncConnection, run_ids: Sequence[str]) ->
 
 def _as_dict(record: ArtifactRecord) -> dict[str, Any]:
     return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
-
-
-def _event_row(event: NewEvent, now: datetime | None = None) -> dict[str, Any]:
-    return {
-        "run_id": event.run_id, "node_id": event.node_id, "node_key": event.node_key,
-        "type": event.type, "level": event.level, "payload": dict(event.payload),
-        "message": event.message, "request_id": event.request_id,
-        "timestamp": event.timestamp or now or utcnow(),
-    }  # fmt: skip
 
 
 class Writer(_Queries):
@@ -340,8 +332,6 @@ class Repository(_Queries):
         transaction runs in one hop to its thread. With a fence, the transaction commits
         only while the fence still holds its run's lease (LeaseLostError otherwise).
         """
-        from crew.store.bulk import BulkWriter, ConnectionSender, flush_segments
-
         writer = BulkWriter()
         yield writer
         segments = writer.segments

@@ -28,7 +28,6 @@ from crew.api.task_body import TaskRequest, parse_task_request
 from crew.domain.errors import BudgetExceededError, PlanValidationError
 from crew.engine.options import RunOptions
 from crew.engine.service import SupervisorCalls, create_run
-from crew.store import idempotency
 
 IDEMPOTENCY = Param(
     "Idempotency-Key",
@@ -88,7 +87,7 @@ async def post_task(request: Request) -> Response:
         try:
             async with lock:
                 assert state.repo is not None
-                existing = await idempotency.find_run(state.repo, digest)
+                existing = await state.repo.run_with_idempotency_key(digest)
                 run_id = existing or await _start(request, task, api_key, request_id, digest)
         finally:
             if not lock.locked():
@@ -132,7 +131,7 @@ async def _start(
         notify=False,  # not before it holds its idempotency key
     )
     if digest is not None:
-        winner = await idempotency.attach(state.repo, run_id, digest)
+        winner = await state.repo.attach_idempotency_key(run_id, digest)
         if winner != run_id:
             return winner
     await state.repo.notify_run_queued(run_id)
