@@ -82,10 +82,6 @@ def wait_for_row(db: Db, proc: Proc, run_id: str) -> None:
     wait_for(created, timeout=60, what=f"the row of {run_id}", interval=0.005)
 
 
-def resumed_count(db: Db, run_id: str) -> int:
-    return sum(1 for e in db.events(run_id) if e.type == "RUN_RESUMED")
-
-
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
     """One database and RUNS_ROOT for every trial, with an uninterrupted reference run."""
@@ -114,7 +110,15 @@ def completed_keys(events: list[EventRow]) -> set[str]:
     return {e.node_key or "" for e in events if e.type == "NODE_COMPLETED"}
 
 
-def check_events(events: list[EventRow], done_before_kills: list[set[str]]) -> None:
+@dataclass(frozen=True)
+class Kill:
+    last_event_id: int
+    """The newest event of the run when the process died."""
+    done: set[str]
+    """Nodes with a NODE_COMPLETED event by then."""
+
+
+def check_events(events: list[EventRow], kills: list[Kill]) -> None:
     types = [e.type for e in events]
     assert types[:2] == ["RUN_STARTED", "PLAN_CREATED"], types[:5]
     assert [t for t in types if t in TERMINAL] == ["RUN_COMPLETED"], "a terminal event too many"
@@ -123,6 +127,8 @@ def check_events(events: list[EventRow], done_before_kills: list[set[str]]) -> N
     assert ids == sorted(set(ids)), "event ids not unique and strictly increasing"
     # one process wrote at a time: an id missing inside the run would be a lost event
     assert ids == list(range(ids[0], ids[0] + len(ids))), "a gap in the run's event ids"
+    # a resume killed before it wrote RUN_RESUMED leaves none
+    assert (1 if kills else 0) <= types.count("RUN_RESUMED") <= len(kills)
 
     for kind in ("NODE_COMPLETED", "NODE_STARTED", "LLM_CALL"):
         counts = Counter(e.node_key for e in events if e.type == kind)
@@ -136,16 +142,16 @@ def check_events(events: list[EventRow], done_before_kills: list[set[str]]) -> N
         if e.type in ("NODE_STARTED", "LLM_CALL"):
             assert i < completed_at[e.node_key], f"{e.type} of {e.node_key} after it completed"
 
-    # and, the way an operator counts it: nothing done before a kill runs after the resume
-    resumes = [i for i, t in enumerate(types) if t == "RUN_RESUMED"]
-    assert len(resumes) == len(done_before_kills)
-    for at, done in zip(resumes, done_before_kills, strict=True):
-        again = Counter(e.node_key for e in events[at:] if e.type in ("NODE_STARTED", "LLM_CALL"))
-        assert not set(again) & done, f"called again after the resume: {set(again) & done}"
-    if resumes:
-        last = events[resumes[-1] :]
+    # and, the way an operator counts it: nothing done before a kill runs after it
+    for kill in kills:
+        after = [e for e in events if e.id > kill.last_event_id]
+        assert after[0].type == "RUN_RESUMED", after[0].type
+        again = {e.node_key for e in after if e.type in ("NODE_STARTED", "LLM_CALL")}
+        assert not again & kill.done, f"called again after the kill: {again & kill.done}"
+    if kills:
+        last = [e for e in events if e.id > kills[-1].last_event_id]
         started = Counter(e.node_key for e in last if e.type == "NODE_STARTED")
-        assert set(started) == set(KEYS) - done_before_kills[-1]
+        assert set(started) == set(KEYS) - kills[-1].done
         assert set(started.values()) <= {1}, started
 
 
@@ -167,8 +173,8 @@ def check_database(bench: Bench, run_id: str) -> None:
 
 
 def trial_moments(seed: int, duration_s: float) -> list[float]:
-    """When to kill, in seconds after the run's row exists (then after the resume's
-    RUN_RESUMED): one kill, or two (the first resume killed too) one time in three."""
+    """When to kill, in seconds after the run's row exists (then after the resume has
+    claimed the run): one kill, or two (the first resume killed too) one time in three."""
     rng = random.Random(seed)
     moments = [rng.uniform(0, duration_s)]
     if rng.random() < 1 / 3:
@@ -182,7 +188,7 @@ def test_killed_anywhere_then_resumed(bench: Bench, trial: int) -> None:
     run_id = f"crash-{seed}"
     moments = trial_moments(seed, bench.duration_s)
     db = bench.db
-    done_before_kills: list[set[str]] = []
+    kills: list[Kill] = []
     landed: list[str] = []
     killed: list[int] = []
     with Procs(bench.folder, bench.env) as procs:
@@ -192,9 +198,9 @@ def test_killed_anywhere_then_resumed(bench: Bench, trial: int) -> None:
                 wait_for_row(db, proc, run_id)
             else:
                 wait_for(
-                    lambda n=number, p=proc: resumed_count(db, run_id) == n or not p.alive(),
+                    lambda p=proc: p.owns(db.run(run_id).owner) or not p.alive(),
                     timeout=60,
-                    what=f"the resume #{number} of {run_id}",
+                    what=f"the resume #{number} of {run_id} to claim it",
                     procs=procs,
                     interval=0.005,
                 )
@@ -214,7 +220,7 @@ def test_killed_anywhere_then_resumed(bench: Bench, trial: int) -> None:
             run = db.run(run_id)
             assert run.status == "running" and run.owner, "a killed run's row changed"
             landed.append(f"{moment:.3f}s: {len(done)}/{len(KEYS)} nodes completed")
-            done_before_kills.append(done)
+            kills.append(Kill(events[-1].id, done))
 
         final = start_run(procs, f"{run_id}-final", run_id, resume=True)
         code = final.wait(timeout=120)
@@ -227,7 +233,7 @@ def test_killed_anywhere_then_resumed(bench: Bench, trial: int) -> None:
     assert run.status == "completed" and run.owner is None
     nodes = db.nodes(run_id)
     assert {key: node.status for key, node in nodes.items()} == dict.fromkeys(KEYS, "completed")
-    check_events(db.events(run_id), done_before_kills)
+    check_events(db.events(run_id), kills)
     check_database(bench, run_id)
     files = snapshot(bench.runs_root / run_id)
     assert files.keys() == bench.reference.keys()
