@@ -402,6 +402,9 @@ def test_11_openapi_declares_time_zones_and_the_one_plan_source_rule() -> None:
     from zoneinfo import available_timezones
 
     from crew.api.openapi import document
+    from crew.api.routes import load
+
+    load()
 
     doc = document()
     zone = doc["components"]["schemas"]["TimeZone"]
@@ -424,6 +427,9 @@ def test_11_openapi_one_plan_source_matches_the_server(sqlite_url: str, tmp_path
     from jsonschema_rs import Draft202012Validator
 
     from crew.api.openapi import document
+    from crew.api.routes import load
+
+    load()
 
     validator = Draft202012Validator(document()["components"]["schemas"]["TaskRequest"])
     bodies = [

@@ -326,9 +326,10 @@ def _operation_id(method: str, path: str) -> str:
 
 @lru_cache(maxsize=8)
 def document(root_path: str = "") -> dict[str, Any]:
-    from crew.api.routes import load
-
-    load()
+    """The OpenAPI document of every declared endpoint. The route modules declare them
+    when imported (`crew.api.routes.load()`, which the app factory calls)."""
+    if not ENDPOINTS:
+        raise RuntimeError("no endpoint declared: call crew.api.routes.load() first")
     paths: dict[str, Any] = {}
     for ep in ENDPOINTS:
         responses: dict[str, Any] = {}

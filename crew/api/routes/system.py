@@ -7,6 +7,7 @@ from starlette.responses import Response
 
 from crew import __version__
 from crew.api.errors import ApiError
+from crew.api.openapi import document
 from crew.api.params import render
 from crew.api.spec import Reply, endpoint
 from crew.api.state import api_state
@@ -81,6 +82,4 @@ async def metrics(request: Request) -> Response:
     responses={200: Reply("The document.", None)},
 )
 async def openapi(request: Request) -> Response:
-    from crew.api.openapi import document
-
     return render(document(request.scope.get("root_path", "")))
