@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from crew.cli.common import handle_errors, load_cli_settings, run_async
-from crew.domain.errors import InvalidInputError
+from crew.domain.errors import InvalidInputError, NotFoundError
 
 runs_app = typer.Typer(help="Inspect runs.", no_args_is_help=True)
 
@@ -41,11 +41,10 @@ def list_runs(
 
     async def main() -> list[dict[str, Any]]:
         from crew.engine.views import run_list_item
-        from crew.store.database import open_repository
+        from crew.store.reads import open_reads
 
-        async with open_repository(settings) as repo:
-            runs = await repo.list_runs(status=status, limit=limit)
-            counts = await repo.node_counts([r.id for r in runs])
+        async with open_reads(settings) as reads:
+            runs, counts = await reads.recent_runs(status, limit)
             return [run_list_item(r, counts.get(r.id, {})) for r in runs]
 
     items = run_async(main)
@@ -90,13 +89,14 @@ def show_run(
 
     async def main() -> dict[str, Any]:
         from crew.engine.views import jsonable, lease_state, run_cost
-        from crew.store.database import open_repository
+        from crew.store.reads import open_reads
 
-        async with open_repository(settings) as repo:
-            target = await repo.resolve_run_id(run_id)
-            run = await repo.get_run(target)
-            nodes = await repo.list_nodes(target)
-            artifacts = await repo.list_artifacts(run_id=target)
+        async with open_reads(settings) as reads:
+            target = await reads.resolve_run_id(run_id)
+            contents = await reads.run_contents(target)
+            if contents is None:
+                raise NotFoundError(f"run {target} was deleted")
+            run, nodes, artifacts = contents.run, contents.nodes, contents.artifacts
             keys = {n.id: n.key for n in nodes}
             data = jsonable(run)
             data["cost_usd"] = run_cost(run)

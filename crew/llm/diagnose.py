@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from crew.domain.errors import CrewError
@@ -145,8 +146,55 @@ def _ollama_has(model: str, installed: list[str]) -> bool:
 
 
 async def check_database(settings: Settings) -> Check:
-    """Reachable, and at the schema this crew needs (a fresh SQLite file is fine)."""
+    """Reachable, and at the schema this crew needs (a fresh SQLite file is fine).
+
+    Read on the read path (crew/store/reads.py): the driver and `alembic_version`, no
+    SQLAlchemy, for the two URL shapes it takes; any other URL goes through the engine.
+    """
     from crew.store import SCHEMA_HEAD
+    from crew.store.urls import parse
+
+    target = parse(settings.database_url)
+    if target is None:
+        found = await _engine_revision(settings)
+        if isinstance(found, Check):
+            return found
+        where, sqlite, revision = found
+    else:
+        from crew.store.reads import ReadStore
+
+        where, sqlite = target.display, target.sqlite_path is not None
+        if target.sqlite_path is not None and not Path(target.sqlite_path).exists():
+            return Check(
+                "database", True, where, "not created yet: created and migrated on first use"
+            )
+        store = ReadStore.open(settings.database_url, connections=1)
+        try:
+            async with asyncio.timeout(CHECK_TIMEOUT_S * 2):
+                revision = await store.schema_revision()
+        except TimeoutError:
+            return Check("database", False, where, "the database did not answer in time")
+        except CrewError as error:
+            return Check("database", False, where, error.message)
+        finally:
+            await store.close()
+    if revision == SCHEMA_HEAD:
+        return Check("database", True, where, f"schema at {revision} (current)")
+    state = "empty" if revision is None else f"schema at {revision}"
+    if sqlite:
+        return Check(
+            "database",
+            True,
+            where,
+            f"{state}; this crew needs {SCHEMA_HEAD}: upgraded automatically on first use",
+        )
+    return Check(
+        "database", False, where, f"{state}; this crew needs {SCHEMA_HEAD}: run `crew db upgrade`"
+    )
+
+
+async def _engine_revision(settings: Settings) -> Check | tuple[str, bool, str | None]:
+    """(where, is SQLite, revision) through the async engine, or the failed Check."""
     from crew.store.database import (
         SQLITE,
         create_engine,
@@ -180,19 +228,7 @@ async def check_database(settings: Settings) -> Check:
         return Check("database", False, where, error.message)
     finally:
         await engine.dispose()
-    if revision == SCHEMA_HEAD:
-        return Check("database", True, where, f"schema at {revision} (current)")
-    state = "empty" if revision is None else f"schema at {revision}"
-    if sqlite:
-        return Check(
-            "database",
-            True,
-            where,
-            f"{state}; this crew needs {SCHEMA_HEAD}: upgraded automatically on first use",
-        )
-    return Check(
-        "database", False, where, f"{state}; this crew needs {SCHEMA_HEAD}: run `crew db upgrade`"
-    )
+    return where, sqlite, revision
 
 
 async def diagnose(

@@ -1,24 +1,27 @@
-"""Where the API's reads execute: stdlib SQLite reader threads, or the async engine.
+"""Where reads execute: stdlib SQLite reader threads, or asyncpg on PostgreSQL.
 
-See crew/store/reads.py for why. Both take a list of queries (SQL with `:name`
-parameters, plus an optional row decoder) and run them in one read transaction.
+See crew/store/reads.py for why. Each backend takes a list of queries (SQL with `:name`
+parameters, plus an optional row decoder) and runs them in one read transaction, and
+reads the schema revision (`alembic_version`) directly. Nothing here imports
+SQLAlchemy: the read commands (`crew runs`, `crew events tail`) load this module.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
-
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from typing import TYPE_CHECKING, Any
 
 from crew.domain.errors import DatabaseUnavailableError
-from crew.store.database import display_url
-from crew.store.errors import reason, unavailable_on_failure
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from crew.store.urls import DatabaseTarget
 
 Decode = Callable[[dict[str, Any]], Any]
 Query = tuple[str, Mapping[str, Any]] | tuple[str, Mapping[str, Any], Decode]
@@ -27,6 +30,14 @@ CACHED_RESULTS = 256
 """Decoded results kept per SQLite reader connection, until the database changes."""
 SQLITE_READERS = 4
 """Threads (each with its own connection) serving SQLite reads."""
+PG_READERS = 10
+"""Connections in the PostgreSQL read pool of a server (a command uses one)."""
+
+
+def first_line(error: BaseException) -> str:
+    """A driver's message, first line only (its class name when it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 class ReadBackend:
@@ -36,6 +47,10 @@ class ReadBackend:
         """Run the queries in one read transaction; one list of row dicts per query."""
         raise NotImplementedError
 
+    async def schema_revision(self) -> str | None:
+        """The `alembic_version` row; None without that table or with not exactly one row."""
+        raise NotImplementedError
+
     async def close(self) -> None:
         raise NotImplementedError
 
@@ -43,13 +58,13 @@ class ReadBackend:
 class SqliteBackend(ReadBackend):
     dialect = "sqlite"
 
-    def __init__(self, path: str, where: str) -> None:
+    def __init__(self, path: str, where: str, readers: int = SQLITE_READERS) -> None:
         self._path = path
         self._where = where
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._guard = threading.Lock()
-        self._executor = ThreadPoolExecutor(SQLITE_READERS, thread_name_prefix="crew-read")
+        self._executor = ThreadPoolExecutor(readers, thread_name_prefix="crew-read")
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -100,12 +115,31 @@ class SqliteBackend(ReadBackend):
                 conn.execute("COMMIT")
         except sqlite3.OperationalError as error:
             raise DatabaseUnavailableError(
-                f"database unavailable ({self._where}): {reason(error)}"
+                f"database unavailable ({self._where}): {first_line(error)}"
             ) from error
+
+    def _revision(self) -> str | None:
+        try:
+            conn = self._connection()
+            found = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
+            ).fetchone()
+            if found is None:
+                return None
+            versions = [row[0] for row in conn.execute("SELECT version_num FROM alembic_version")]
+        except sqlite3.Error as error:
+            raise DatabaseUnavailableError(
+                f"cannot connect to the database ({self._where}): {first_line(error)}"
+            ) from error
+        return str(versions[0]) if len(versions) == 1 else None
 
     async def batch(self, queries: Sequence[Query]) -> list[Rows]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._run, queries)
+
+    async def schema_revision(self) -> str | None:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._revision)
 
     async def close(self) -> None:
         self._executor.shutdown(wait=True)
@@ -115,14 +149,150 @@ class SqliteBackend(ReadBackend):
             conn.close()
 
 
+_PARAMETER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+def numbered(sql: str) -> tuple[str, tuple[str, ...]]:
+    """`:name` parameters as PostgreSQL's `$1, $2, ...`, and the names in that order."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in names:
+            names.append(name)
+        return f"${names.index(name) + 1}"
+
+    return _PARAMETER.sub(number, sql), tuple(names)
+
+
+class PostgresBackend(ReadBackend):
+    """asyncpg directly: a small pool, every statement prepared once per connection.
+
+    asyncpg keeps a statement cache per connection, so after the first use a query is a
+    bind and an execute of a prepared statement; rows arrive with timestamps and
+    booleans already typed, and only JSON text is left to decode. A batch of several
+    queries runs in one REPEATABLE READ READ ONLY transaction (one snapshot, so a page
+    and its total agree); a single query needs none.
+    """
+
+    dialect = "postgresql"
+
+    def __init__(self, target: DatabaseTarget, max_connections: int = PG_READERS) -> None:
+        assert target.dsn is not None
+        self._target = target
+        self._where = target.display
+        self._max = max_connections
+        self._pool: Any = None
+        self._opening: asyncio.Lock | None = None
+        self._sql: dict[str, tuple[str, tuple[str, ...]]] = {}
+
+    async def _connected(self) -> Any:
+        if self._pool is not None:
+            return self._pool
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self._pool is None:
+                import asyncpg
+
+                from crew.store.urls import PG_CONNECT_TIMEOUT_S
+
+                try:
+                    self._pool = await asyncpg.create_pool(
+                        self._target.dsn,
+                        min_size=1,
+                        max_size=self._max,
+                        timeout=PG_CONNECT_TIMEOUT_S,
+                        **self._target.connect_args,
+                    )
+                except (OSError, TimeoutError) as error:
+                    raise DatabaseUnavailableError(
+                        f"cannot connect to the database ({self._where}): {first_line(error)}"
+                    ) from error
+                except (asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                    raise DatabaseUnavailableError(
+                        f"database unavailable ({self._where}): {first_line(error)}"
+                    ) from error
+        return self._pool
+
+    async def _fetch(self, conn: Any, query: Query) -> Rows:
+        sql, params = query[0], query[1]
+        prepared = self._sql.get(sql)
+        if prepared is None:
+            prepared = self._sql[sql] = numbered(sql)
+        text, names = prepared
+        records = await conn.fetch(text, *(params[name] for name in names))
+        rows: Rows = [dict(record) for record in records]
+        if len(query) > 2:
+            decode = query[2]
+            rows = [decode(row) for row in rows]
+        return rows
+
+    async def _guarded(self, work: Callable[[Any], Any]) -> Any:
+        import asyncpg
+
+        pool = await self._connected()
+        try:
+            async with pool.acquire() as conn:
+                return await work(conn)
+        except (
+            OSError,
+            TimeoutError,
+            asyncpg.InterfaceError,
+            asyncpg.PostgresConnectionError,
+            asyncpg.CannotConnectNowError,
+            asyncpg.exceptions.OperatorInterventionError,
+        ) as error:
+            raise DatabaseUnavailableError(
+                f"database unavailable ({self._where}): {first_line(error)}"
+            ) from error
+
+    async def batch(self, queries: Sequence[Query]) -> list[Rows]:
+        async def work(conn: Any) -> list[Rows]:
+            if len(queries) == 1:
+                return [await self._fetch(conn, queries[0])]
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                return [await self._fetch(conn, query) for query in queries]
+
+        result: list[Rows] = await self._guarded(work)
+        return result
+
+    async def schema_revision(self) -> str | None:
+        import asyncpg
+
+        async def work(conn: Any) -> str | None:
+            try:
+                rows = await conn.fetch("SELECT version_num FROM alembic_version")
+            except asyncpg.UndefinedTableError:
+                return None
+            return str(rows[0][0]) if len(rows) == 1 else None
+
+        revision: str | None = await self._guarded(work)
+        return revision
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+
 class EngineBackend(ReadBackend):
+    """The async engine, for the URLs the two backends above do not take (in-memory
+    SQLite, unusual query strings): SQLAlchemy runs the same SQL."""
+
     def __init__(self, engine: AsyncEngine) -> None:
+        from crew.store.engines import display_url
+
         self._engine = engine
         self.dialect = engine.dialect.name
         self._where = display_url(engine.url)
         self._statements: dict[str, Any] = {}
 
     async def batch(self, queries: Sequence[Query]) -> list[Rows]:
+        from sqlalchemy import text
+
+        from crew.store.errors import unavailable_on_failure
+
         results = []
         with unavailable_on_failure(self._where):
             async with self._engine.connect() as conn:
@@ -138,6 +308,14 @@ class EngineBackend(ReadBackend):
                         rows = [decode(row) for row in rows]
                     results.append(rows)
         return results
+
+    async def schema_revision(self) -> str | None:
+        from crew.store.database import schema_revision
+        from crew.store.errors import unavailable_on_failure
+
+        with unavailable_on_failure(self._where, connecting=True):
+            async with self._engine.connect() as conn:
+                return await schema_revision(conn)
 
     async def close(self) -> None:
         """The engine belongs to whoever created the repository; nothing to release here."""

@@ -1,9 +1,12 @@
 """The read path's building blocks: raw rows to records, and small SQL pieces.
 
-Both read backends (stdlib sqlite3 and the asyncpg engine, crew/store/read_backends.py)
-return plain rows; the decoders here turn either into the repository's records, with
+Both read backends (stdlib sqlite3 and asyncpg, crew/store/read_backends.py) return
+plain rows; the decoders here turn either into the repository's records, with
 timestamps aware UTC and JSON columns parsed. The SQL pieces build WHERE and ORDER BY
-clauses with `:name` parameters, which both drivers accept.
+clauses with `:name` parameters (the PostgreSQL backend numbers them).
+
+No SQLAlchemy here: the read commands import this module. The column lists below are
+the tables' of crew/store/models.py, in their order; a test keeps them equal.
 """
 
 from __future__ import annotations
@@ -14,15 +17,98 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
-from crew.store.models import artifacts_table, events_table, nodes_table, runs_table
 from crew.store.records import ArtifactRecord, EventRecord, NodeRecord, RunRecord
 
 R = TypeVar("R")
 
 
-def _columns(table: Any) -> list[str]:
-    return [c.name for c in table.columns]
-
+RUN_COLUMN_NAMES = (
+    "id",
+    "title",
+    "status",
+    "created_at",
+    "started_at",
+    "ended_at",
+    "request_id",
+    "options",
+    "task_spec",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "cost_unknown",
+    "error",
+    "owner",
+    "heartbeat_at",
+    "lease_expires_at",
+    "lease_generation",
+    "recoveries",
+    "error_code",
+    "reserved_tokens",
+    "reserved_cost_usd",
+    "cancel_requested_at",
+    "updated_at",
+    "idempotency_key",
+)
+NODE_COLUMN_NAMES = (
+    "id",
+    "run_id",
+    "key",
+    "position",
+    "title",
+    "type",
+    "role",
+    "status",
+    "deps",
+    "spec",
+    "checksum",
+    "attempts",
+    "started_at",
+    "ended_at",
+    "error",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "claimed_by",
+    "lease_expires_at",
+    "created_at",
+)
+ARTIFACT_COLUMN_NAMES = (
+    "id",
+    "run_id",
+    "node_id",
+    "type",
+    "path",
+    "content",
+    "summary",
+    "sha256",
+    "size",
+    "created_at",
+)
+EVENT_COLUMN_NAMES = (
+    "id",
+    "run_id",
+    "node_id",
+    "node_key",
+    "type",
+    "level",
+    "payload",
+    "message",
+    "request_id",
+    "timestamp",
+)
+TIMESTAMP_COLUMNS = frozenset(
+    {
+        "created_at",
+        "started_at",
+        "ended_at",
+        "heartbeat_at",
+        "lease_expires_at",
+        "cancel_requested_at",
+        "updated_at",
+        "timestamp",
+    }
+)
+"""Every UTCDateTime column of the four tables (the same names in each)."""
 
 _JSON = {"options", "task_spec", "deps", "spec", "payload"}
 _BOOL = {"cost_unknown"}
@@ -37,9 +123,9 @@ def _timestamp(value: Any) -> datetime | None:
     return stamp.astimezone(UTC)
 
 
-def _decoder(table: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
+def _decoder(columns: Sequence[str]) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """Turn a raw row (either driver) into record keyword arguments."""
-    stamps = {c.name for c in table.columns if c.type.__class__.__name__ == "UTCDateTime"}
+    stamps = TIMESTAMP_COLUMNS & set(columns)
 
     def decode(row: dict[str, Any]) -> dict[str, Any]:
         for name in stamps:
@@ -57,10 +143,10 @@ def _decoder(table: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
     return decode
 
 
-_decode_run = _decoder(runs_table)
-_decode_node = _decoder(nodes_table)
-_decode_artifact = _decoder(artifacts_table)
-_decode_event = _decoder(events_table)
+_decode_run = _decoder(RUN_COLUMN_NAMES)
+_decode_node = _decoder(NODE_COLUMN_NAMES)
+_decode_artifact = _decoder(ARTIFACT_COLUMN_NAMES)
+_decode_event = _decoder(EVENT_COLUMN_NAMES)
 
 
 def run_record(row: dict[str, Any]) -> RunRecord:
@@ -79,10 +165,10 @@ def event_record(row: dict[str, Any]) -> EventRecord:
     return EventRecord(**_decode_event(row))
 
 
-RUN_COLUMNS = ", ".join(_columns(runs_table))
-NODE_COLUMNS = ", ".join(_columns(nodes_table))
-ARTIFACT_COLUMNS = ", ".join(_columns(artifacts_table))
-EVENT_COLUMNS = ", ".join(_columns(events_table))
+RUN_COLUMNS = ", ".join(RUN_COLUMN_NAMES)
+NODE_COLUMNS = ", ".join(NODE_COLUMN_NAMES)
+ARTIFACT_COLUMNS = ", ".join(ARTIFACT_COLUMN_NAMES)
+EVENT_COLUMNS = ", ".join(EVENT_COLUMN_NAMES)
 
 NULLABLE_ORDER = {"started_at", "ended_at", "role"}
 

@@ -1,13 +1,19 @@
-"""The API's read path: filtered, ordered, counted pages of runs, nodes, artifacts, events.
+"""The one read path of the CLI and the API: runs, nodes, artifacts, events.
 
-Why not the async Repository: one indexed 50-row query per request served ~400 req/s
-through SQLAlchemy's async engine on aiosqlite and ~1,950 req/s through the stdlib
-sqlite3 driver. So on SQLite the reads run on a small pool of stdlib connections (one per
-thread of a private executor; WAL lets them read while the engine writes), and every
-query of one request runs in one thread hop inside one read transaction, so a page and
-its total see the same snapshot. On PostgreSQL the asyncpg engine is fast enough and the
-same SQL runs through it. The SQL is written once, with `:name` parameters that both
-drivers accept; the records returned are the repository's, timestamps aware UTC.
+`crew runs list|show`, `crew events tail`, `crew doctor`'s database check and every
+API read come through here. Why not the async Repository: one indexed 50-row query per
+request served ~400 req/s through SQLAlchemy's async engine on aiosqlite and ~1,950
+req/s through the stdlib sqlite3 driver, and a read command spent most of its 0.8 s
+importing SQLAlchemy and preparing an engine to read a few rows. So on SQLite the reads
+run on a small pool of stdlib connections (one per thread of a private executor; WAL
+lets them read while the engine writes), and every query of one request runs in one
+thread hop inside one read transaction, so a page and its total see the same snapshot.
+On PostgreSQL they run on asyncpg directly (prepared statements, one transaction per
+batch). The SQL is written once, with `:name` parameters; the records returned are the
+repository's, timestamps aware UTC. Nothing on this path imports SQLAlchemy or Alembic:
+`open_reads` checks the schema revision by reading `alembic_version` itself, and only a
+SQLite file that is missing or behind takes the full open path (which creates or
+upgrades it).
 
 Events are paged by keyset (`id > after_id`), never OFFSET scans, and the per-run event
 total of a finished run is counted once and then topped up with the rows added since.
@@ -16,15 +22,24 @@ total of a finished run is counted once and then topped up with the rows added s
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from crew.store.database import display_url, parse_url, sqlite_file
-from crew.store.read_backends import EngineBackend, Query, ReadBackend, SqliteBackend
+from crew.domain.errors import AmbiguousIdError, MigrationRequiredError, NotFoundError
+from crew.store import SCHEMA_HEAD
+from crew.store.read_backends import (
+    PG_READERS,
+    SQLITE_READERS,
+    EngineBackend,
+    PostgresBackend,
+    Query,
+    ReadBackend,
+    SqliteBackend,
+)
 from crew.store.read_sql import (
     ARTIFACT_COLUMNS,
     EVENT_COLUMNS,
@@ -44,8 +59,14 @@ from crew.store.read_sql import (
     run_record,
 )
 from crew.store.records import ArtifactRecord, EventRecord, NodeRecord, RunRecord
+from crew.store.urls import parse
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 TERMINAL_RUN_STATUSES = ("completed", "failed", "canceled", "interrupted")
+AMBIGUOUS_SHOWN = 5
+"""Run ids quoted when a prefix matches several."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +77,17 @@ class RunDetail:
     events_total: int
 
 
+@dataclass(frozen=True, slots=True)
+class RunContents:
+    """A run with all its nodes (plan order) and artifacts (creation order, then path)."""
+
+    run: RunRecord
+    nodes: list[NodeRecord]
+    artifacts: list[ArtifactRecord]
+
+
 class ReadStore:
-    """Read-only queries for the API; see the module docstring for the two backends."""
+    """Read-only queries for the CLI and the API; see the module docstring."""
 
     def __init__(self, backend: ReadBackend) -> None:
         self._backend = backend
@@ -65,12 +95,20 @@ class ReadStore:
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, database_url: str, engine: AsyncEngine | None = None) -> ReadStore:
-        """Stdlib SQLite readers for a SQLite file, the async engine otherwise."""
-        parsed = parse_url(database_url)
-        path = sqlite_file(parsed) if parsed.get_backend_name() == "sqlite" else None
-        if path is not None:
-            return cls(SqliteBackend(str(path), display_url(parsed)))
+    def open(
+        cls, database_url: str, engine: AsyncEngine | None = None, *, connections: int = 0
+    ) -> ReadStore:
+        """Stdlib SQLite readers for a SQLite file, asyncpg for PostgreSQL, and the async
+        engine for any other URL crew accepts (an in-memory SQLite database).
+
+        `connections` bounds the readers (0: a server's default); a command needs one.
+        """
+        target = parse(database_url)
+        if target is not None and target.sqlite_path is not None:
+            readers = connections or SQLITE_READERS
+            return cls(SqliteBackend(target.sqlite_path, target.display, readers))
+        if target is not None:
+            return cls(PostgresBackend(target, connections or PG_READERS))
         if engine is None:
             from crew.store.database import create_engine
 
@@ -87,6 +125,91 @@ class ReadStore:
     async def ping(self) -> None:
         """Raise DatabaseUnavailableError unless a trivial query answers."""
         await self._backend.batch([("SELECT 1 AS one", {})])
+
+    async def schema_revision(self) -> str | None:
+        """The revision in `alembic_version` (None: no crew schema), read directly."""
+        return await self._backend.schema_revision()
+
+    # ---- what the commands read -------------------------------------------------------
+
+    async def resolve_run_id(self, prefix: str) -> str:
+        """The run id `prefix` names: an exact id wins, otherwise a unique prefix."""
+        if not prefix:
+            raise NotFoundError(f"no run matches {prefix!r}")
+        # substr, not LIKE: LIKE is case-insensitive on SQLite and `_` is a wildcard.
+        exact, matching = await self._backend.batch(
+            [
+                ("SELECT id FROM runs WHERE id = :id", {"id": prefix}),
+                (
+                    "SELECT id FROM runs WHERE substr(id, 1, :n) = :prefix ORDER BY id "
+                    "LIMIT :limit",
+                    {"n": len(prefix), "prefix": prefix, "limit": AMBIGUOUS_SHOWN + 1},
+                ),
+            ]
+        )
+        if exact:
+            return prefix
+        matches = [str(row["id"]) for row in matching]
+        if not matches:
+            raise NotFoundError(f"no run matches {prefix!r}")
+        if len(matches) > 1:
+            shown = matches[:AMBIGUOUS_SHOWN]
+            more = " (and more)" if len(matches) > AMBIGUOUS_SHOWN else ""
+            raise AmbiguousIdError(
+                f"run id prefix {prefix!r} matches several runs{more}; give more characters",
+                problems=shown,
+            )
+        return matches[0]
+
+    async def recent_runs(
+        self, status: str | None, limit: int
+    ) -> tuple[list[RunRecord], dict[str, dict[str, int]]]:
+        """The newest runs (ties on created_at broken by id) and their node counts."""
+        page, counts = await self.list_runs(
+            RunFilters(status=status), [Order("created_at", descending=True)], limit, 0
+        )
+        return page.items, counts
+
+    async def run_contents(self, run_id: str) -> RunContents | None:
+        """The run, all its nodes and all its artifacts (with content), in one snapshot."""
+        runs, nodes, artifacts = await self._backend.batch(
+            [
+                (_RUN_BY_ID, {"id": run_id}, run_record),
+                (
+                    f"SELECT {NODE_COLUMNS} FROM nodes WHERE run_id = :id ORDER BY position, key",
+                    {"id": run_id},
+                    node_record,
+                ),
+                (
+                    f"SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE run_id = :id "
+                    "ORDER BY created_at, path",
+                    {"id": run_id},
+                    artifact_record,
+                ),
+            ]
+        )
+        return RunContents(runs[0], nodes, artifacts) if runs else None
+
+    async def run_and_events(
+        self, run_id: str, after_id: int | None, limit: int
+    ) -> tuple[RunRecord | None, list[EventRecord]]:
+        """The run, then its events after the cursor in id order, in one snapshot: when
+        the run is finished, every event it wrote is in the list (or after it)."""
+        where = Where()
+        where.add("run_id = :run_id", run_id=run_id)
+        if after_id is not None:
+            where.add("id > :after_id", after_id=after_id)
+        runs, events = await self._backend.batch(
+            [
+                (_RUN_BY_ID, {"id": run_id}, run_record),
+                (
+                    f"SELECT {EVENT_COLUMNS} FROM events {where.sql()} ORDER BY id LIMIT :limit",
+                    {**where.params, "limit": limit},
+                    event_record,
+                ),
+            ]
+        )
+        return (runs[0] if runs else None), events
 
     # ---- runs -----------------------------------------------------------------------
 
@@ -358,3 +481,47 @@ class ReadStore:
 
 _RUN_BY_ID = f"SELECT {RUN_COLUMNS} FROM runs WHERE id = :id"
 _STATUS = "SELECT status FROM runs WHERE id = :id"
+
+
+@asynccontextmanager
+async def open_reads(settings: Any, *, connections: int = 1) -> AsyncIterator[ReadStore]:
+    """A read store on DATABASE_URL once its schema is the code's (what a command uses).
+
+    On a current database nothing but the driver is loaded: the revision is read from
+    `alembic_version` directly. A PostgreSQL schema that is behind is refused with the
+    message `crew db upgrade` answers; a SQLite file that is missing or behind takes the
+    repository's full open path once (it creates or upgrades the file), as does a URL
+    only the async engine takes.
+    """
+    url: str = settings.database_url
+    target = parse(url)
+    if target is None:
+        from crew.store.database import open_repository
+
+        async with open_repository(settings) as repo:
+            yield ReadStore(EngineBackend(repo.engine))
+        return
+    if target.sqlite_path is not None and not Path(target.sqlite_path).exists():
+        await _full_open(settings)
+    store = ReadStore.open(url, connections=connections)
+    try:
+        revision = await store.schema_revision()
+        if revision != SCHEMA_HEAD:
+            if target.dialect != "sqlite":
+                state = "has no crew schema" if revision is None else f"is at revision {revision}"
+                raise MigrationRequiredError(
+                    f"the database {target.display} {state}, this crew needs {SCHEMA_HEAD}: "
+                    "run `crew db upgrade`"
+                )
+            await _full_open(settings)
+        yield store
+    finally:
+        await store.close()
+
+
+async def _full_open(settings: Any) -> None:
+    """Open (create, upgrade) the database the way the engine does, then let it go."""
+    from crew.store.database import open_repository
+
+    async with open_repository(settings):
+        pass
