@@ -222,12 +222,12 @@ def load_settings(
     *,
     env_file: Path | None = None,
     environ: Mapping[str, str] | None = None,
-    overrides: Mapping[str, Any] | None = None,
+    flags: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Build Settings from defaults < env file < environment < overrides (CLI flags).
+    """Build Settings from defaults < env file < environment < flags (CLI flags).
 
     `env_file` None means `.env` in the working directory if it exists; an explicit
-    path that does not exist is an error. `overrides` maps variable names to values;
+    path that does not exist is an error. `flags` maps variable names to values;
     None values are ignored so CLI options left unset do not mask anything.
     """
     if env_file is None:
@@ -239,7 +239,7 @@ def load_settings(
         file_values = read_env_file(env_file)
     merged: dict[str, str] = dict(file_values)
     merged.update(os.environ if environ is None else environ)
-    for name, value in (overrides or {}).items():
+    for name, value in (flags or {}).items():
         if value is None:
             continue
         if isinstance(value, list | tuple):

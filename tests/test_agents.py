@@ -237,7 +237,7 @@ async def test_execute_calls_the_executor_role() -> None:
         role=resolve_role(node.suggested_agent_role),
         dependency_outputs=[],
         language="fr",
-        overrides=(None, LLMSpec(model="m-node")),
+        llm_layers=(None, LLMSpec(model="m-node")),
     )
     assert call.response.text == "# ok"
     assert provider.requests[0].role == "Writer_Tech"

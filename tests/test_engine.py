@@ -494,7 +494,7 @@ async def test_invalid_run_id_and_unknown_override_are_refused(
         with pytest.raises(ConflictError, match="taken"):
             await h.create(plan_dict(n("a")), run_id="mine")
         with pytest.raises(InvalidInputError, match="nope"):
-            await h.resume(run_id, overrides=["nope"])
+            await h.resume(run_id, rerun=["nope"])
         assert await h.repo.count_runs() == 1
 
 

@@ -97,14 +97,14 @@ async def test_override_reruns_one_node_and_dependents_only_if_its_output_change
 
         same = ScriptedProvider(default=offline_text)  # same answer as before
         h.use(same)
-        outcome = await h.resume(first.run_id, overrides=["b"])
+        outcome = await h.resume(first.run_id, rerun=["b"])
         assert outcome.status == "completed"
         assert calls_by_node(same) == ["b"]
 
         counter = itertools.count()
         changed = ScriptedProvider(default=lambda r: f"# new output {next(counter)}")
         h.use(changed)
-        outcome = await h.resume(first.run_id, overrides=["b"])
+        outcome = await h.resume(first.run_id, rerun=["b"])
         assert outcome.status == "completed"
         assert calls_by_node(changed) == ["b", "c", "e"]  # a and d untouched
         text = (h.runs_root / first.run_id / "nodes/b/artifact_b.md").read_text(encoding="utf-8")
@@ -120,7 +120,7 @@ async def test_override_reruns_one_node_and_dependents_only_if_its_output_change
         assert [e.type for e in events].count("RUN_RESUMED") == 2
         # the run's stored options do not keep the one-off override
         run = await h.repo.get_run(first.run_id)
-        assert run is not None and run.options["overrides"] == []
+        assert run is not None and run.options["rerun"] == []
 
 
 async def test_changed_llm_settings_rerun_completed_nodes(tmp_path: Path, db_url: str) -> None:
@@ -144,7 +144,7 @@ async def test_changed_llm_settings_rerun_completed_nodes(tmp_path: Path, db_url
 
         again = ScriptedProvider(default=offline_text)
         h.use(again)
-        outcome = await h.resume(first.run_id, overrides=["e"])
+        outcome = await h.resume(first.run_id, rerun=["e"])
         assert outcome.status == "completed"
         assert calls_by_node(again) == ["e"]  # a..d keep their bigger-model output
         assert {r.model for r in again.requests} == {"bigger-model"}
@@ -212,7 +212,7 @@ async def test_override_whose_rerun_fails_skips_stale_dependents(
     async with harness(tmp_path, sqlite_url) as h:
         first = await h.run(CHAIN)
         h.use(broken_at("b"))
-        outcome = await h.resume(first.run_id, overrides=["b"])
+        outcome = await h.resume(first.run_id, rerun=["b"])
         assert outcome.status == "failed"
         statuses = await h.statuses(first.run_id)
         assert statuses == {

@@ -62,12 +62,12 @@ def openai_settings(server: OpenAIServer, **values: str) -> Settings:
 
 
 async def call(
-    settings: Settings, role: str = "executor", *overrides: LLMSpec | None, json_: bool = False
+    settings: Settings, role: str = "executor", *llm_layers: LLMSpec | None, json_: bool = False
 ) -> CallResult:
     registry = ProviderRegistry(settings)
     try:
         client = LLMClient(settings, registry)
-        return await client.call(role, "Writer", MESSAGES, wants_json=json_, overrides=overrides)
+        return await client.call(role, "Writer", MESSAGES, wants_json=json_, llm_layers=llm_layers)
     finally:
         await registry.aclose()
 

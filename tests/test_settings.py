@@ -126,7 +126,7 @@ def test_precedence_overrides_then_environ_then_env_file_then_defaults(tmp_path:
     settings = load_settings(
         env_file=env_file,
         environ={"MAX_CONCURRENCY": "3", "NODE_RETRIES": "6", "LOG_LEVEL": "warning"},
-        overrides={"MAX_CONCURRENCY": 9, "NODE_RETRIES": None},
+        flags={"MAX_CONCURRENCY": 9, "NODE_RETRIES": None},
     )
     assert settings.max_concurrency == 9  # override beats environ and file
     assert settings.node_retries == 6  # None override is ignored: environ beats file
@@ -179,12 +179,12 @@ def test_env_file_does_not_leak_into_process_environment(
 
 
 def test_list_override_becomes_a_comma_list() -> None:
-    settings = load_settings(environ={}, overrides={"CORS_ORIGINS": ["http://a", "http://b"]})
+    settings = load_settings(environ={}, flags={"CORS_ORIGINS": ["http://a", "http://b"]})
     assert settings.cors_origins == ("http://a", "http://b")
 
 
 def test_bool_override() -> None:
-    settings = load_settings(environ={}, overrides={"METRICS_ENABLED": True})
+    settings = load_settings(environ={}, flags={"METRICS_ENABLED": True})
     assert settings.metrics_enabled is True
 
 

@@ -105,7 +105,7 @@ async def execute(
     role: RoleSpec,
     dependency_outputs: Sequence[DependencyOutput],
     language: str,
-    overrides: Sequence[LLMSpec | None] = (),
+    llm_layers: Sequence[LLMSpec | None] = (),
     max_chars_per_dependency: int = DEFAULT_MAX_CHARS_PER_DEPENDENCY,
 ) -> CallResult:
     """One executor call; the answer text is the node's markdown artifact."""
@@ -117,4 +117,4 @@ async def execute(
         language=language,
         max_chars_per_dependency=max_chars_per_dependency,
     )
-    return await client.call("executor", role.name, messages, overrides=overrides)
+    return await client.call("executor", role.name, messages, llm_layers=llm_layers)

@@ -84,7 +84,7 @@ async def assign(
     manage_node: PlanNode,
     dependents: Sequence[PlanNode],
     language: str,
-    overrides: Sequence[LLMSpec | None] = (),
+    llm_layers: Sequence[LLMSpec | None] = (),
 ) -> ManagerResult:
     """Ask the manager for assignments until one validates."""
     language = check_language(language)
@@ -102,7 +102,7 @@ async def assign(
             messages,
             json_schema=schema,
             schema_name="assignments",
-            overrides=overrides,
+            llm_layers=llm_layers,
         )
         calls.append(call)
         text = call.response.text

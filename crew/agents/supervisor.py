@@ -62,7 +62,7 @@ class Supervisor:
         self.settings = settings
         self.language = check_language(language or settings.crew_language)
 
-    async def plan(self, goal: Goal, overrides: Sequence[LLMSpec | None] = ()) -> SupervisorResult:
+    async def plan(self, goal: Goal, llm_layers: Sequence[LLMSpec | None] = ()) -> SupervisorResult:
         """Ask for a plan until one validates; raise PlanValidationError with every reason."""
         messages = supervisor_messages(goal, self.language)
         calls: list[CallResult] = []
@@ -76,7 +76,7 @@ class Supervisor:
                 messages,
                 json_schema=schema,
                 schema_name="plan",
-                overrides=overrides,
+                llm_layers=llm_layers,
             )
             calls.append(call)
             text = call.response.text

@@ -137,7 +137,7 @@ def parse_task_request(
     plan: Plan | None = None
     if len(sources) == 1 and not use_supervisor and not problems:
         plan = _plan(data, sources[0], title, settings, problems)
-    if plan is not None and changes.get("overrides"):
+    if plan is not None and changes.get("rerun"):
         problems.append("options.override applies to POST /runs/{run_id}/resume, not new runs")
     if problems:
         raise ApiError.invalid("invalid task request", problems)
@@ -150,7 +150,7 @@ def parse_task_request(
         description=description,
         acceptance=acceptance,
         request_id=request_id,
-        changes={k: v for k, v in changes.items() if k != "overrides"},
+        changes={k: v for k, v in changes.items() if k != "rerun"},
     )
 
 
@@ -232,7 +232,7 @@ def _options(
         ):
             problems.append(f"options.override: expected a list of node keys (at most {MAX_ITEMS})")
         else:
-            changes["overrides"] = tuple(override)
+            changes["rerun"] = tuple(override)
     cost = options.get("max_cost_usd")
     if cost is not None:
         if (

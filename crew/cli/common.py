@@ -44,7 +44,7 @@ def state(ctx: typer.Context) -> CliState:
     return root.obj
 
 
-def load_cli_settings(ctx: typer.Context, overrides: Mapping[str, Any] | None = None) -> Any:
+def load_cli_settings(ctx: typer.Context, flags: Mapping[str, Any] | None = None) -> Any:
     """Settings with CLI flags (as variable name -> value) on top of everything else.
 
     Every command that reads settings comes through here, so this is also where logging
@@ -55,7 +55,7 @@ def load_cli_settings(ctx: typer.Context, overrides: Mapping[str, Any] | None = 
     from crew.settings import load_settings
 
     current = state(ctx)
-    settings = load_settings(env_file=current.env_file, overrides=overrides)
+    settings = load_settings(env_file=current.env_file, flags=flags)
     configure_logging(settings, verbose=current.verbose)
     return settings
 

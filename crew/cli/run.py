@@ -206,7 +206,7 @@ def run_command(
         raise InvalidInputError(f"--max-tokens must be an integer >= 1, not {max_tokens}")
     settings = load_cli_settings(
         ctx,
-        overrides={
+        flags={
             "MAX_CONCURRENCY": max_concurrency,
             "NODE_RETRIES": retries,
             "NODE_TIMEOUT_S": node_timeout,
@@ -263,7 +263,7 @@ def run_command(
                             client,
                             target,
                             resume=True,
-                            overrides=tuple(override or ()),
+                            rerun=tuple(override or ()),
                             option_changes=changes,
                             listeners=[*view.listeners(), *observers],
                             owner=resumer,

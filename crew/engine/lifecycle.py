@@ -236,14 +236,14 @@ class RunLifecycle:
         ids = [s.node_id for s in reset]
         run_id = self.run.id
         # The options this resume executes with (flags may have changed them) are stored,
-        # so a later resume keeps them; one-off overrides are not.
-        stored_options = {**self.options.to_json(), "overrides": []}
+        # so a later resume keeps them; one-off re-runs (--override) are not.
+        stored_options = {**self.options.to_json(), "rerun": []}
         event = self.journal.event(
             EventType.RUN_RESUMED,
             f"run resumed: {len(reset)} node(s) to run, "
             f"{len(self.states) - len(reset)} completed node(s) to re-check",
             reset_nodes=[s.key for s in reset],
-            overrides=list(self.options.overrides),
+            rerun=list(self.options.rerun),
             reason=reason.value,
             previous_owner=self.claim.previous_owner,
             recoveries=self.claim.recoveries,

@@ -137,9 +137,9 @@ class NodeWork:
             dependency_hashes=[self.states[d].output_sha or "" for d in state.spec.deps],
         )
 
-    def can_reuse(self, state: NodeState, overrides: Iterable[str]) -> bool:
+    def can_reuse(self, state: NodeState, rerun: Iterable[str]) -> bool:
         """A node completed earlier is kept when nothing that shaped its output changed."""
-        if state.status != NodeStatus.COMPLETED or state.key in set(overrides):
+        if state.status != NodeStatus.COMPLETED or state.key in set(rerun):
             return False
         return state.output_sha is not None and state.checksum == self.checksum(state)
 
@@ -191,7 +191,7 @@ class NodeWork:
                 role=role,
                 dependency_outputs=inputs,
                 language=self.settings.crew_language,
-                overrides=self.options.llm_layers("executor", spec.llm),
+                llm_layers=self.options.llm_layers("executor", spec.llm),
             )
         release()
         markdown, sidecar = await self._write_outputs(
@@ -228,7 +228,7 @@ class NodeWork:
                 manage_node=spec,
                 dependents=[c.spec for c in children],
                 language=self.settings.crew_language,
-                overrides=self.options.llm_layers("manager", spec.llm),
+                llm_layers=self.options.llm_layers("manager", spec.llm),
             )
         release()
         answer_file, sidecar = await self._write_outputs(

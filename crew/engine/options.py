@@ -25,7 +25,7 @@ class RunOptions:
     node_timeout_s: float = DEFAULT_NODE_TIMEOUT_S
     dry_run: bool = False
     use_supervisor: bool = False
-    overrides: tuple[str, ...] = ()
+    rerun: tuple[str, ...] = ()
     """Node keys forced to run again on resume."""
     llm: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per role kind (`executor`, `manager`, ...) LLM overrides from CLI flags: they beat
@@ -53,13 +53,15 @@ class RunOptions:
     def from_json(cls, data: dict[str, Any]) -> RunOptions:
         known = {f for f in cls.__dataclass_fields__}
         values = {k: v for k, v in data.items() if k in known}
-        if "overrides" in values:
-            values["overrides"] = tuple(values["overrides"])
+        if "overrides" in values:  # written by crews before the rename
+            values.setdefault("rerun", values.pop("overrides"))
+        if "rerun" in values:
+            values["rerun"] = tuple(values["rerun"])
         return cls(**values)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        data["overrides"] = list(self.overrides)
+        data["rerun"] = list(self.rerun)
         return data
 
     def llm_override(self, role_kind: str) -> LLMSpec | None:

@@ -47,8 +47,8 @@ async def plan_goal(
     """
     budget = RunBudget.for_run(max_cost_usd=max_cost_usd, max_tokens=max_tokens)
     supervisor = Supervisor(client.with_budget(budget), settings)
-    overrides = (supervisor_llm,) if supervisor_llm is not None else ()
+    llm_layers = (supervisor_llm,) if supervisor_llm is not None else ()
     if timeout_s is None:
-        return await supervisor.plan(goal, overrides=overrides)
+        return await supervisor.plan(goal, llm_layers=llm_layers)
     async with asyncio.timeout(timeout_s):
-        return await supervisor.plan(goal, overrides=overrides)
+        return await supervisor.plan(goal, llm_layers=llm_layers)

@@ -165,7 +165,7 @@ class RunExecutor(RunLifecycle):
         ):
             _, key = heapq.heappop(self._ready)
             state = self.states[key]
-            if self.work.can_reuse(state, self.options.overrides):
+            if self.work.can_reuse(state, self.options.rerun):
                 self._release_dependents(key)
                 continue
             task = asyncio.create_task(self._run_node(state), name=f"crew-node-{key}")

@@ -118,7 +118,7 @@ async def create_run(
     if run_id is None:
         run_id = str(uuid.uuid4())
     check_run_id(run_id)
-    unknown = [key for key in options.overrides if key not in {n.id for n in plan.nodes}]
+    unknown = [key for key in options.rerun if key not in {n.id for n in plan.nodes}]
     if unknown:
         raise InvalidInputError(f"--override names unknown node(s): {', '.join(unknown)}")
     nodes = [
@@ -275,7 +275,7 @@ async def execute_run(
     run_id: str,
     *,
     resume: bool = False,
-    overrides: Sequence[str] = (),
+    rerun: Sequence[str] = (),
     option_changes: dict[str, Any] | None = None,
     listeners: Sequence[EventListener] = (),
     heartbeat_interval_s: float | None = None,
@@ -287,11 +287,11 @@ async def execute_run(
         raise InvalidInputError(f"no run with id {run_id!r}")
     if not resume and run.status != RunStatus.QUEUED.value:
         raise ConflictError(f"run {run.id} is {run.status}, not queued; resume it instead")
-    if resume and run.status == RunStatus.COMPLETED.value and not overrides:
+    if resume and run.status == RunStatus.COMPLETED.value and not rerun:
         summary = await run_summary(repo, settings, run.id)
         return RunOutcome(run.id, RunStatus.COMPLETED, summary, already_completed=True)
     keys = {str(node.get("id")) for node in run.task_spec.get("plan", []) if isinstance(node, dict)}
-    unknown = [key for key in overrides if key not in keys]
+    unknown = [key for key in rerun if key not in keys]
     if unknown:  # the user's flags: refused before the run is touched
         raise InvalidInputError(f"--override names unknown node(s): {', '.join(unknown)}")
     owner = owner or new_owner()
@@ -302,7 +302,7 @@ async def execute_run(
         client,
         claim,
         manual=resume,
-        overrides=overrides,
+        rerun=rerun,
         option_changes=option_changes,
         listeners=listeners,
         heartbeat_interval_s=heartbeat_interval_s,
@@ -316,7 +316,7 @@ async def execute_claimed(
     claim: Claim,
     *,
     manual: bool = False,
-    overrides: Sequence[str] = (),
+    rerun: Sequence[str] = (),
     option_changes: dict[str, Any] | None = None,
     listeners: Sequence[EventListener] = (),
     heartbeat_interval_s: float | None = None,
@@ -342,8 +342,8 @@ async def execute_claimed(
     try:
         options = RunOptions.from_json(run.options)
         changes = dict(option_changes or {})
-        if overrides:
-            changes["overrides"] = tuple(overrides)
+        if rerun:
+            changes["rerun"] = tuple(rerun)
         if "llm" in changes:  # per role kind: changing the executor keeps a manager override
             changes["llm"] = {**options.llm, **changes["llm"]}
         if changes:

@@ -1,7 +1,7 @@
 """The one place that turns "a role wants to call an LLM" into a provider call.
 
 Agents never pick a provider themselves: they name their role kind and pass the layers
-of overrides they know about; `LLMClient.resolve` applies the one precedence rule
+of LLM setting layers they know about; `LLMClient.resolve` applies the one precedence rule
 (crew/llm/resolution.py). `LLMClient.call` then makes the call the way every caller
 needs it made: within the provider's concurrency limit, retried on transient failures
 (HTTP providers), handed to LLM_FALLBACK_ORDER when the provider cannot answer
@@ -76,7 +76,7 @@ class LLMClient:
         """Per provider, the models its server lists (None: the list could not be read);
         read once, only to decide whether a list price applies."""
         self._resolved: dict[tuple[str, tuple[LLMSpec | None, ...]], ResolvedLLM] = {}
-        """resolve_llm's answers: the settings are fixed, so a role kind and overrides
+        """resolve_llm's answers: the settings are fixed, so a role kind and its layers
         always resolve the same way, and a run asks thousands of times."""
 
     def with_budget(self, budget: CallBudget | None) -> LLMClient:
@@ -94,11 +94,11 @@ class LLMClient:
         client._served = self._served
         return client
 
-    def resolve(self, role_kind: str, overrides: Sequence[LLMSpec | None] = ()) -> ResolvedLLM:
-        key = (role_kind, tuple(overrides))
+    def resolve(self, role_kind: str, llm_layers: Sequence[LLMSpec | None] = ()) -> ResolvedLLM:
+        key = (role_kind, tuple(llm_layers))
         resolved = self._resolved.get(key)
         if resolved is None:
-            resolved = self._resolved[key] = resolve_llm(self.settings, role_kind, *overrides)
+            resolved = self._resolved[key] = resolve_llm(self.settings, role_kind, *llm_layers)
         return resolved
 
     async def call(
@@ -110,7 +110,7 @@ class LLMClient:
         wants_json: bool = False,
         json_schema: Mapping[str, Any] | None = None,
         schema_name: str = "answer",
-        overrides: Sequence[LLMSpec | None] = (),
+        llm_layers: Sequence[LLMSpec | None] = (),
         budget: CallBudget | None = None,
     ) -> CallResult:
         """Make one call; raises ProviderError when nothing could answer and
@@ -120,7 +120,7 @@ class LLMClient:
         provider enforces it where it can, the caller still validates.
         """
         budget = budget if budget is not None else self.budget
-        resolved = self.resolve(role_kind, overrides)
+        resolved = self.resolve(role_kind, llm_layers)
         request = LLMRequest(
             role=agent_role,
             messages=tuple(messages),

@@ -34,10 +34,11 @@ class ResolvedLLM:
 def resolve_llm(
     settings: Settings,
     role_kind: str,
-    *overrides: LLMSpec | None,
+    *chosen: LLMSpec | None,
     sources: Sequence[str] = DEFAULT_OVERRIDE_SOURCES,
 ) -> ResolvedLLM:
-    """Resolve each field from the first layer that sets it.
+    """Resolve each field from the first layer that sets it: the `chosen` layers (flags,
+    node, request, in that order), then the role's settings, then the defaults.
 
     A model belongs to a provider: a layer's model is skipped when that same layer names
     a different provider than the one resolved (so a node asking for `ollama` does not
@@ -47,7 +48,7 @@ def resolve_llm(
         raise ConfigError(f"unknown role kind {role_kind!r} (accepted: {', '.join(ROLE_NAMES)})")
     role = settings.role(role_kind)
     layers: list[tuple[str, LLMSpec]] = []
-    for position, spec in enumerate(overrides):
+    for position, spec in enumerate(chosen):
         if spec is not None:
             label = sources[position] if position < len(sources) else f"override{position + 1}"
             layers.append((label, spec))
