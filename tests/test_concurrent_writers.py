@@ -119,7 +119,11 @@ def tail_lines(proc: Proc) -> list[dict[str, Any]]:
 def test_serve_runs_tails_and_reads_on_one_sqlite_file(tmp_path: Path) -> None:
     db_url = f"sqlite+aiosqlite:///{tmp_path / 'crew.db'}"
     runs_root = tmp_path / "runs"
-    env = process_env(db_url, runs_root, OFFLINE_LATENCY_MS="50", TASKS_RATE_BURST="100")
+    # The default lease (15 s): takeovers are not this test's subject, and a 2 s lease can
+    # run out under this load while its owner lives (then the owner stops, exit 2).
+    env = process_env(
+        db_url, runs_root, OFFLINE_LATENCY_MS="50", TASKS_RATE_BURST="100", RUN_LEASE_S="15"
+    )
     (tmp_path / "plan.json").write_text(json.dumps(PLAN), encoding="utf-8")
     runs: list[Proc] = []
     tails: dict[str, Proc] = {}
