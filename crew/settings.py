@@ -106,8 +106,9 @@ class Settings:
         """Whether `crew serve` executes runs itself; CREW_EXECUTION=workers turns it off."""
         return self.serve_embedded_worker and self.crew_execution != "workers"
 
-    def role(self, name: str) -> RoleSettings:
-        return self.roles.get(name, RoleSettings())
+    def for_role_kind(self, kind: str) -> RoleSettings:
+        """`<KIND>_{PROVIDER,MODEL,...}` of a role kind (`executor`, `manager`...)."""
+        return self.roles.get(kind, RoleSettings())
 
 
 class _Reader:
@@ -255,16 +256,16 @@ def settings_from_values(values: Mapping[str, str]) -> Settings:
     r = _Reader(values)
     runs_root = Path(r.raw("RUNS_ROOT") or ".runs")
     roles = {
-        role: RoleSettings(
-            provider=r.optional(f"{role.upper()}_PROVIDER", _provider, _PROVIDERS_ACCEPTED),
-            model=r.raw(f"{role.upper()}_MODEL"),
-            timeout_s=r.optional(f"{role.upper()}_TIMEOUT_S", _positive_float, "seconds > 0"),
+        kind: RoleSettings(
+            provider=r.optional(f"{kind.upper()}_PROVIDER", _provider, _PROVIDERS_ACCEPTED),
+            model=r.raw(f"{kind.upper()}_MODEL"),
+            timeout_s=r.optional(f"{kind.upper()}_TIMEOUT_S", _positive_float, "seconds > 0"),
             temperature=r.optional(
-                f"{role.upper()}_TEMPERATURE", _temperature, "a number from 0 to 2"
+                f"{kind.upper()}_TEMPERATURE", _temperature, "a number from 0 to 2"
             ),
-            max_tokens=r.optional(f"{role.upper()}_MAX_TOKENS", _positive_int, "an integer >= 1"),
+            max_tokens=r.optional(f"{kind.upper()}_MAX_TOKENS", _positive_int, "an integer >= 1"),
         )
-        for role in ROLE_NAMES
+        for kind in ROLE_KINDS
     }
     prompt_prices, completion_prices = _prices(values, r)
     settings = Settings(

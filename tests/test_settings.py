@@ -99,7 +99,7 @@ def test_defaults() -> None:
     assert settings.tasks_rate_per_min == 60.0
     assert settings.tasks_rate_burst == 10
     assert settings.crew_execution == "local"
-    assert settings.role("supervisor") == RoleSettings()
+    assert settings.for_role_kind("supervisor") == RoleSettings()
 
 
 def test_default_database_url_follows_runs_root(tmp_path: Path) -> None:
@@ -375,13 +375,13 @@ def test_role_settings() -> None:
             "EXECUTOR_MODEL": "llama3.1:8b",
         }
     )
-    assert settings.role("supervisor") == RoleSettings(
+    assert settings.for_role_kind("supervisor") == RoleSettings(
         provider="openai", model="gpt-4o-mini", timeout_s=30.0, temperature=0.0, max_tokens=4096
     )
-    assert settings.role("executor") == RoleSettings(model="llama3.1:8b")
-    assert settings.role("manager") == RoleSettings()
-    assert settings.role("recruiter") == RoleSettings()
-    assert settings.role("someone-else") == RoleSettings()
+    assert settings.for_role_kind("executor") == RoleSettings(model="llama3.1:8b")
+    assert settings.for_role_kind("manager") == RoleSettings()
+    assert settings.for_role_kind("recruiter") == RoleSettings()
+    assert settings.for_role_kind("someone-else") == RoleSettings()
 
 
 def test_numbers_and_optionals() -> None:

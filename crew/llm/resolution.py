@@ -46,7 +46,7 @@ def resolve_llm(
     """
     if role_kind not in ROLE_NAMES:
         raise ConfigError(f"unknown role kind {role_kind!r} (accepted: {', '.join(ROLE_NAMES)})")
-    role = settings.role(role_kind)
+    role = settings.for_role_kind(role_kind)
     layers: list[tuple[str, LLMSpec]] = []
     for position, spec in enumerate(chosen):
         if spec is not None:

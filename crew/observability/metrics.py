@@ -160,7 +160,7 @@ class ModelLabels:
     def __init__(self, settings: Settings, extra: Iterable[str] = ()) -> None:
         names = {settings.llm_default_model, settings.ollama_fallback_model}
         names.add(settings.openai_fallback_model)
-        names.update(settings.role(kind).model for kind in ROLE_NAMES)
+        names.update(settings.for_role_kind(kind).model for kind in ROLE_NAMES)
         names.update(extra)
         self.models = frozenset(n for n in names if n)
         self.priced = frozenset(settings.openai_prompt_prices) | frozenset(
