@@ -651,3 +651,18 @@ def test_worker_metrics_port_in_use_is_a_clear_error(
     assert result.exit_code == 2, result.output
     assert f"--metrics-port {port}: cannot listen there" in result.output
     assert "internal error" not in result.output
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the engine's release (a group commit's release_run) clears owner and heartbeat "
+    "but not lease_expires_at: a finished or released run shows a lease expiry",
+)
+async def test_a_finished_run_keeps_no_lease_expiry(tmp_path: Path, db_url: str) -> None:
+    from test_engine_support import harness
+
+    async with harness(tmp_path, db_url) as h:
+        outcome = await h.run(PAIR)
+        run = await h.repo.get_run(outcome.run_id)
+    assert run is not None and run.status == "completed"
+    assert (run.owner, run.heartbeat_at, run.lease_expires_at) == (None, None, None)
