@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from crew.domain.errors import ConfigError
-from crew.domain.providers import PROVIDER_NAMES
+from crew.domain.providers import BUILTIN_PROVIDERS, PROVIDER_NAMES
 from crew.domain.vocabulary import LANGUAGES, ROLE_KINDS
 
 T = TypeVar("T")
@@ -100,6 +100,14 @@ class Settings:
     worker_shutdown_grace_s: float = 30.0
     worker_poll_s: float = 0.5
     artifact_max_bytes: int = 8 * 1024 * 1024
+    values: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    """Every raw variable, merged from the sources: what provider plugins read (value())."""
+
+    def value(self, name: str) -> str | None:
+        """The raw value of variable `name` (stripped; None when unset or empty), for the
+        settings a provider plugin declares."""
+        raw = self.values.get(name)
+        return (raw.strip() or None) if raw is not None else None
 
     @property
     def embedded_worker(self) -> bool:
@@ -125,17 +133,28 @@ class _Reader:
         value = value.strip()
         return value or None  # an empty value means "not set", as in the prototype's .env
 
-    def get(self, name: str, convert: Callable[[str], T], default: T, accepted: str) -> T:
+    def get(
+        self,
+        name: str,
+        convert: Callable[[str], T],
+        default: T,
+        accepted: str | Callable[[], str],
+    ) -> T:
+        """`accepted` may be a function: a list that is costly to build (the installed
+        providers) is only built for the error message."""
         value = self.raw(name)
         if value is None:
             return default
         try:
             return convert(value)
         except (ValueError, TypeError):
-            self.errors.append(f"{name}={value!r} is invalid: expected {accepted}")
+            wanted = accepted if isinstance(accepted, str) else accepted()
+            self.errors.append(f"{name}={value!r} is invalid: expected {wanted}")
             return default
 
-    def optional(self, name: str, convert: Callable[[str], T], accepted: str) -> T | None:
+    def optional(
+        self, name: str, convert: Callable[[str], T], accepted: str | Callable[[], str]
+    ) -> T | None:
         return self.get(name, convert, None, accepted)
 
     def choice(self, name: str, choices: tuple[str, ...], default: str, upper: bool = False) -> str:
@@ -209,7 +228,12 @@ def _provider_list(value: str) -> tuple[str, ...]:
     return names
 
 
-_PROVIDERS_ACCEPTED = "one of " + ", ".join(PROVIDER_NAMES)
+def _providers_accepted() -> str:
+    return "one of " + PROVIDER_NAMES.accepted()
+
+
+def _provider_list_accepted() -> str:
+    return "a comma-separated list of " + PROVIDER_NAMES.accepted()
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -257,7 +281,7 @@ def settings_from_values(values: Mapping[str, str]) -> Settings:
     runs_root = Path(r.raw("RUNS_ROOT") or ".runs")
     roles = {
         kind: RoleSettings(
-            provider=r.optional(f"{kind.upper()}_PROVIDER", _provider, _PROVIDERS_ACCEPTED),
+            provider=r.optional(f"{kind.upper()}_PROVIDER", _provider, _providers_accepted),
             model=r.raw(f"{kind.upper()}_MODEL"),
             timeout_s=r.optional(f"{kind.upper()}_TIMEOUT_S", _positive_float, "seconds > 0"),
             temperature=r.optional(
@@ -276,13 +300,15 @@ def settings_from_values(values: Mapping[str, str]) -> Settings:
             "CORS_ORIGINS", _string_list, (), "a comma-separated list or a JSON list of origins"
         ),
         runs_root=runs_root,
-        llm_default_provider=r.choice("LLM_DEFAULT_PROVIDER", PROVIDER_NAMES, "offline"),
+        llm_default_provider=r.get(
+            "LLM_DEFAULT_PROVIDER", _provider, BUILTIN_PROVIDERS[0], _providers_accepted
+        ),
         llm_default_model=r.raw("LLM_DEFAULT_MODEL"),
         llm_fallback_order=r.get(
             "LLM_FALLBACK_ORDER",
             _provider_list,
             (),
-            "a comma-separated list of " + ", ".join(PROVIDER_NAMES),
+            _provider_list_accepted,
         ),
         llm_timeout_s=r.get("LLM_TIMEOUT_S", _positive_float, 120.0, "seconds > 0"),
         llm_default_temperature=r.get(
@@ -349,6 +375,7 @@ def settings_from_values(values: Mapping[str, str]) -> Settings:
         artifact_max_bytes=r.get(
             "ARTIFACT_MAX_BYTES", _positive_int, 8 * 1024 * 1024, "an integer >= 1 (bytes)"
         ),
+        values=dict(values),
     )
     if r.errors:
         raise ConfigError("invalid configuration", problems=r.errors)

@@ -12,11 +12,11 @@ from crew.llm.pricing import (
     Price,
     base_model,
     cost_usd,
-    price_for,
     reset_warnings,
     served_price,
     worst_case_cost,
 )
+from crew.llm.registry import price_for
 from crew.settings import Settings, settings_from_values
 
 TABLE = f"table:{PRICE_TABLE_VERSION}"

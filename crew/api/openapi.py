@@ -10,6 +10,7 @@ from crew import __version__
 from crew.api.middleware import zone_names
 from crew.api.spec import ENDPOINTS
 from crew.domain.limits import MAX_DESCRIPTION, MAX_ITEM, MAX_ITEMS, MAX_MODEL, MAX_TITLE
+from crew.llm.registry import provider_names
 
 TS = {"type": "string", "format": "date-time"}
 TS_NULL = {"type": ["string", "null"], "format": "date-time"}
@@ -55,7 +56,7 @@ RUN_ITEM = {
 }
 LLM_CHOICE = _obj(
     {
-        "provider": {"type": "string", "enum": ["offline", "ollama", "openai"]},
+        "provider": {"$ref": "#/components/schemas/ProviderName"},
         "model": {"type": "string"},
     },
     [],
@@ -319,6 +320,16 @@ TIMEZONE = {
 }
 
 
+def _provider_name() -> dict[str, Any]:
+    """The providers this server can call: built-ins and installed plugins (listed when
+    the document is first built, so plugins are loaded then, not at import)."""
+    return {
+        "type": "string",
+        "enum": list(provider_names()),
+        "description": "An LLM provider: built in, or added by an installed package.",
+    }
+
+
 def _operation_id(method: str, path: str) -> str:
     words = re.sub(r"[{}]", "", path).strip("/").replace("/", "_").replace(".", "_")
     return f"{method.lower()}_{words or 'root'}"
@@ -388,7 +399,7 @@ def document(root_path: str = "") -> dict[str, Any]:
         "servers": [{"url": root_path or "/"}],
         "paths": paths,
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, "ProviderName": _provider_name()},
             "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
         },
         "security": [{"apiKey": []}],

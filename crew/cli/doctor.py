@@ -69,6 +69,11 @@ def render(report: dict[str, Any]) -> str:
     lines.append("providers:")
     for check in report["providers"]:
         lines.append(_check_line(check))
+    plugins = report.get("plugins") or []
+    if plugins:
+        lines.append("plugins:")
+        for plugin in plugins:
+            lines.append(_check_line({**plugin, "target": f"package {plugin['package']}"}))
     steps = [_fallback_step(step) for step in report["fallback_order"]]
     lines.append(
         "fallback: " + (" -> ".join(steps) if steps else "none (LLM_FALLBACK_ORDER is not set)")
@@ -88,7 +93,8 @@ def render(report: dict[str, Any]) -> str:
         )
     lines.append("database:")
     lines.append(_check_line(report["database"]))
-    failed = [c["name"] for c in [*report["providers"], report["database"]] if not c["ok"]]
+    checks = [*report["providers"], *plugins, report["database"]]
+    failed = [c["name"] for c in checks if not c["ok"]]
     lines.append(
         "all checks passed" if not failed else f"{len(failed)} problem(s): {', '.join(failed)}"
     )
@@ -99,16 +105,18 @@ def _fallback_step(step: dict[str, Any]) -> str:
     name, model = str(step["provider"]), step["model"]
     if model:
         return f"{name}/{model}"
-    if name == "offline":
+    from crew.llm.registry import needs_model
+
+    if not needs_model(name):
         return name
     return f"{name} (no model: set {name.upper()}_FALLBACK_MODEL)"
 
 
 def _price(role: dict[str, Any]) -> str:
     source = role.get("price_source")
-    if role["provider"] == "openai":
-        return f"  price {source}" if source else "  price unknown (cost null)"
-    return ""
+    if source == "local":
+        return ""
+    return f"  price {source}" if source else "  price unknown (cost null)"
 
 
 def _check_line(check: dict[str, Any]) -> str:

@@ -21,7 +21,7 @@ from crew.domain.errors import (
     InvalidInputError,
     UnavailableError,
 )
-from crew.domain.providers import PROVIDER_NAMES
+from crew.domain.providers import BUILTIN_PROVIDERS, PROVIDER_NAMES
 from crew.domain.vocabulary import DEFAULT_TITLE
 
 if TYPE_CHECKING:
@@ -102,8 +102,8 @@ def run_command(
         typer.Option(
             "--executor-provider",
             help="Provider for executors: "
-            + ", ".join(PROVIDER_NAMES)
-            + ". \\[env: EXECUTOR_PROVIDER]",
+            + ", ".join(BUILTIN_PROVIDERS)
+            + " or an installed plugin's. \\[env: EXECUTOR_PROVIDER]",
         ),
     ] = None,
     executor_model: Annotated[
@@ -115,8 +115,8 @@ def run_command(
         typer.Option(
             "--manager-provider",
             help="Provider for managers: "
-            + ", ".join(PROVIDER_NAMES)
-            + ". \\[env: MANAGER_PROVIDER]",
+            + ", ".join(BUILTIN_PROVIDERS)
+            + " or an installed plugin's. \\[env: MANAGER_PROVIDER]",
         ),
     ] = None,
     manager_model: Annotated[
@@ -128,8 +128,8 @@ def run_command(
         typer.Option(
             "--supervisor-provider",
             help="Provider for the supervisor: "
-            + ", ".join(PROVIDER_NAMES)
-            + ". \\[env: SUPERVISOR_PROVIDER]",
+            + ", ".join(BUILTIN_PROVIDERS)
+            + " or an installed plugin's. \\[env: SUPERVISOR_PROVIDER]",
         ),
     ] = None,
     supervisor_model: Annotated[
@@ -198,7 +198,7 @@ def run_command(
         if provider_flag is not None and provider_flag not in PROVIDER_NAMES:
             raise InvalidInputError(
                 f"--{kind}-provider {provider_flag!r} is unknown "
-                f"(accepted: {', '.join(PROVIDER_NAMES)})"
+                f"(accepted: {PROVIDER_NAMES.accepted()})"
             )
     if max_cost is not None and not max_cost >= 0:
         raise InvalidInputError(f"--max-cost must be a number of USD >= 0, not {max_cost:g}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import heapq
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -228,12 +228,15 @@ def find_cycle(nodes: Sequence[PlanNode]) -> list[str]:
 def parse_plan(
     data: object,
     *,
-    known_providers: Iterable[str] = PROVIDER_NAMES,
+    known_providers: Collection[str] = PROVIDER_NAMES,
     default_title: str | None = None,
 ) -> Plan:
     """Build a validated Plan from decoded JSON in the plan file format.
 
-    Raises PlanValidationError listing every problem found.
+    A node's `llm.provider` must be in `known_providers`: by default every provider crew
+    knows, plugins included (crew/domain/providers.py), asked name by name so a plan on
+    built-in providers never lists the installed ones. Raises PlanValidationError listing
+    every problem found.
     """
     problems: list[str] = []
     if not isinstance(data, Mapping):
@@ -271,11 +274,10 @@ def parse_plan(
             problems=[*problems, f"the plan has {len(raw_nodes):,} nodes (at most {MAX_NODES:,})"],
         )
 
-    providers = set(known_providers)
     nodes: list[PlanNode] = []
     seen: set[str] = set()
     for position, raw in enumerate(raw_nodes, start=1):
-        node = _parse_node(raw, position, providers, problems)
+        node = _parse_node(raw, position, known_providers, problems)
         if node is None:
             continue
         if node.id in seen:
@@ -314,7 +316,7 @@ def _with_deps(node: PlanNode, deps: list[str]) -> PlanNode:
 
 
 def _parse_node(
-    raw: object, position: int, providers: set[str], problems: list[str]
+    raw: object, position: int, providers: Collection[str], problems: list[str]
 ) -> PlanNode | None:
     if not isinstance(raw, Mapping):
         problems.append(f"node #{position}: must be a JSON object, got {type(raw).__name__}")
@@ -392,7 +394,7 @@ def _parse_type(value: object, name: str, problems: list[str]) -> NodeType:
 
 
 def _parse_llm(
-    value: object, name: str, providers: set[str], problems: list[str]
+    value: object, name: str, providers: Collection[str], problems: list[str]
 ) -> LLMSpec | None:
     if value is None:
         return None

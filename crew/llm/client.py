@@ -4,7 +4,7 @@ Agents never pick a provider themselves: they name their role kind and pass the 
 of LLM setting layers they know about; `LLMClient.resolve` applies the one precedence rule
 (crew/llm/resolution.py). `LLMClient.call` then makes the call the way every caller
 needs it made: within the provider's concurrency limit, retried on transient failures
-(HTTP providers), handed to LLM_FALLBACK_ORDER when the provider cannot answer
+(as the provider's spec says), handed to LLM_FALLBACK_ORDER when the provider cannot answer
 (crew/llm/fallback.py) — straight away while a provider's circuit is open
 (crew/llm/circuit.py) — priced once, and checked against a run budget before it starts.
 Every try is recorded, because the sidecar shows them, and every call, answered or not,
@@ -26,10 +26,10 @@ from crew.llm import ledger
 from crew.llm.base import LLMRequest, LLMResponse, Message, PromptTooLongError, Provider
 from crew.llm.calls import CallBudget, CallObserver, CallResult
 from crew.llm.circuit import CircuitBreaker
-from crew.llm.fallback import RETRIED_PROVIDERS, call_candidates
+from crew.llm.fallback import call_candidates
 from crew.llm.limits import ProviderLimits
-from crew.llm.pricing import Price, cost_usd, price_for, served_price
-from crew.llm.registry import ProviderRegistry
+from crew.llm.pricing import Price, cost_usd, served_price
+from crew.llm.registry import ProviderRegistry, price_for, retry_policy
 from crew.llm.resolution import ResolvedLLM, resolve_llm
 from crew.llm.retry import Attempt, with_retries
 from crew.settings import Settings
@@ -206,7 +206,7 @@ class LLMClient:
                 reasons.append(f"{label}: {candidate.skip}")
                 continue
             key = (candidate.provider, candidate.model)
-            retried = candidate.provider in RETRIED_PROVIDERS
+            retried = retry_policy(self.settings, candidate.provider) is not None
             mode = self.breaker.admit(key) if retried else "normal"
             if mode is None:
                 if any(c.skip is None for c in candidates[index + 1 :]):
@@ -273,9 +273,9 @@ class LLMClient:
         *,
         probe: bool = False,
     ) -> LLMResponse:
-        """One provider's tries: retried for HTTP providers (once only for a circuit's
-        probe), each holding a concurrency slot only while the request is in flight (not
-        while waiting to retry)."""
+        """One provider's tries: retried as its spec's RetryPolicy says (once only for a
+        circuit's probe), each holding a concurrency slot only while the request is in
+        flight (not while waiting to retry)."""
 
         observer = self.observer
 
@@ -297,7 +297,8 @@ class LLMClient:
                         name, request.model, request.role, outcome, time.perf_counter() - started
                     )
 
-        if name in RETRIED_PROVIDERS:
+        policy = retry_policy(self.settings, name)
+        if policy is not None:
 
             def on_retry(attempt: int, error: ProviderError, delay: float) -> None:
                 log.warning(
@@ -311,9 +312,9 @@ class LLMClient:
 
             response, _ = await with_retries(
                 once,
-                max_retries=0 if probe else self.settings.openai_max_retries,
-                base_ms=self.settings.openai_backoff_base_ms,
-                factor=self.settings.openai_backoff_factor,
+                max_retries=0 if probe else policy.max_retries,
+                base_ms=policy.base_ms,
+                factor=policy.factor,
                 on_retry=on_retry,
                 provider=name,
                 model=request.model,
@@ -357,7 +358,7 @@ class LLMClient:
         is returned unchanged, so node retries still apply to it. Otherwise the retries
         are spent: a NoProviderAnsweredError lists every provider's reason.
         """
-        retried = any(a.provider in RETRIED_PROVIDERS for a in attempt_log)
+        retried = any(retry_policy(self.settings, a.provider) is not None for a in attempt_log)
         if len(errors) == 1 and len(reasons) == 1 and not retried:
             return errors[0]
         if len(reasons) == 1 and len(errors) == 1:

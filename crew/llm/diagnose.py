@@ -3,7 +3,8 @@
 A misconfigured provider usually shows up mid-run, after the supervisor already spent
 money; these checks answer beforehand, in one screen: the resolved settings of every
 role with where each value came from, one line per provider actually in use (a role's,
-or one listed in LLM_FALLBACK_ORDER), and the database. Each failure says what to do.
+or one listed in LLM_FALLBACK_ORDER), the installed provider plugins (one that failed to
+load is a failing check), and the database. Each failure says what to do.
 Nothing here sends a chat request: listing models proves a server is up and the key is
 accepted without spending tokens.
 """
@@ -16,10 +17,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crew.domain.errors import CrewError
+from crew.domain.errors import ConfigError, CrewError
 from crew.domain.plan import LLMSpec
 from crew.llm.fallback import fallback_model
-from crew.llm.pricing import is_served, price_for
+from crew.llm.plugins import ProviderSpec
+from crew.llm.pricing import is_served
+from crew.llm.registry import (
+    ProviderRegistry,
+    plugin_failures,
+    plugins,
+    price_for,
+    provider_spec,
+)
 from crew.llm.resolution import resolve_llm
 from crew.settings import ROLE_NAMES, Settings
 
@@ -83,6 +92,8 @@ def wanted_models(settings: Settings, roles: list[dict[str, Any]]) -> dict[str, 
 
 
 async def check_provider(settings: Settings, name: str, models: list[str | None]) -> Check:
+    if name not in ("offline", "ollama", "openai"):
+        return await check_plugin(settings, name, models)
     if name == "offline":
         return Check(name, True, "built in", "always available (deterministic, no network)")
     from crew.domain.errors import ProviderError
@@ -138,6 +149,96 @@ async def check_provider(settings: Settings, name: str, models: list[str | None]
         warnings,
         available,
     )
+
+
+async def check_plugin(settings: Settings, name: str, models: list[str | None]) -> Check:
+    """A plugin's provider: its required settings, then building it, then its own check
+    (ProviderSpec.check) or, when it can list models, the models crew will ask for."""
+    spec = provider_spec(name)
+    registry = ProviderRegistry(settings)
+    if spec is None:
+        try:
+            registry.get(name)  # not registered: says why (a failed load, an unknown name)
+        except CrewError as error:
+            return Check(name, False, "plugin", error.message)
+        return Check(name, False, "plugin", "not a registered provider")
+    target = _plugin_target(name)
+    try:
+        provider = registry.get(name)
+    except CrewError as error:
+        return Check(name, False, target, error.message)
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            detail = await _plugin_detail(settings, spec, provider, models)
+    except TimeoutError:
+        return Check(name, False, target, "the provider did not answer its check in time")
+    except CrewError as error:
+        return Check(name, False, target, error.message)
+    except Exception as error:  # a plugin's check must not break doctor
+        return Check(name, False, target, f"its check failed: {type(error).__name__}: {error}")
+    finally:
+        await registry.aclose()
+    return Check(name, True, target, detail)
+
+
+async def _plugin_detail(
+    settings: Settings, spec: ProviderSpec, provider: Any, models: list[str | None]
+) -> str:
+    if None in models and spec.needs_model:
+        raise ConfigError(
+            f"a role uses {spec.name} without a model: set LLM_DEFAULT_MODEL or <ROLE>_MODEL"
+        )
+    if spec.check is not None:
+        return await spec.check(settings, provider, models)
+    listed = ", ".join(m for m in models if m is not None) or "-"
+    lister = getattr(provider, "list_models", None)
+    if lister is None:
+        return f"built (it cannot list models, so none were checked); uses {listed}"
+    available = list(await lister(timeout_s=CHECK_TIMEOUT_S))
+    unserved = [m for m in models if m is not None and not is_served(m, frozenset(available))]
+    if unserved:
+        raise ConfigError(f"the provider does not list model(s) {', '.join(unserved)}")
+    return f"{len(available)} model(s) available; uses {listed}"
+
+
+def _plugin_target(name: str) -> str:
+    plugin = plugins().get(name)
+    if plugin is None:
+        return "plugin"
+    return f"plugin {plugin.package}" + (f" {plugin.version}" if plugin.version else "")
+
+
+def plugin_report(settings: Settings) -> list[dict[str, Any]]:
+    """Every installed provider plugin: loaded (its package, settings) or failed (why)."""
+    report: list[dict[str, Any]] = []
+    for name, plugin in plugins().items():
+        values = plugin.spec.read(settings)
+        shown: dict[str, str | None] = {}
+        for setting in plugin.spec.settings:
+            value = values.get(setting.name)
+            shown[setting.name] = "(set)" if setting.secret and value is not None else value
+        report.append(
+            {
+                "name": name,
+                "ok": True,
+                "package": plugin.package,
+                "version": plugin.version,
+                "detail": plugin.spec.description or "loaded",
+                "settings": shown,
+            }
+        )
+    for failure in plugin_failures():
+        report.append(
+            {
+                "name": failure.name,
+                "ok": False,
+                "package": failure.package,
+                "version": None,
+                "detail": f"not loaded: {failure.reason}",
+                "settings": {},
+            }
+        )
+    return report
 
 
 def _ollama_has(model: str, installed: list[str]) -> bool:
@@ -249,10 +350,12 @@ async def diagnose(
         unserved = listed is None or not is_served(role["model"] or "", frozenset(listed))
         if source and source.startswith("table:") and unserved:
             role["price_source"] = None  # a list price only applies to a served model
+    installed = plugin_report(settings)
     return {
-        "ok": all(c.ok for c in checks),
+        "ok": all(c.ok for c in checks) and all(p["ok"] for p in installed),
         "roles": roles,
         "providers": [c.to_dict() for c in providers],
+        "plugins": installed,
         "fallback_order": [
             {"provider": name, "model": fallback_model(settings, name)}
             for name in settings.llm_fallback_order

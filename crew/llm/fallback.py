@@ -1,21 +1,16 @@
 """Where a call goes when its provider cannot answer: LLM_FALLBACK_ORDER, made concrete.
 
 A model name belongs to its provider, so each fallback provider gets a model of its own
-(`<PROVIDER>_FALLBACK_MODEL`), and `offline` is only tried when it is listed.
+(`<PROVIDER>_FALLBACK_MODEL`, or what its spec says), and `offline` is only tried when it
+is listed. Any registered provider, a plugin's included, can be listed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from crew.llm.registry import configured_fallback_model, needs_model
 from crew.settings import Settings
-
-RETRIED_PROVIDERS: frozenset[str] = frozenset({"ollama", "openai"})
-"""Providers whose calls are retried here (OPENAI_MAX_RETRIES and backoff settings).
-
-The offline provider cannot fail transiently, so it is called once; a failure of any
-other provider is left to the caller (node retries).
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,10 +29,7 @@ def fallback_model(settings: Settings, provider: str) -> str | None:
     LLM_DEFAULT_PROVIDER (the model was chosen for it). Never the failed call's model: a
     model name belongs to its provider, and an Ollama tag means nothing to another server.
     """
-    configured = {
-        "ollama": settings.ollama_fallback_model,
-        "openai": settings.openai_fallback_model,
-    }.get(provider)
+    configured = configured_fallback_model(settings, provider)
     if configured:
         return configured
     if settings.llm_default_provider == provider:
@@ -50,7 +42,7 @@ def call_candidates(settings: Settings, provider: str, model: str | None) -> lis
 
     `offline` is only ever tried when it is listed: crew never answers with it silently.
     A provider listed again with the same model is skipped (its retries already ran);
-    an HTTP provider without a fallback model is reported, not guessed at.
+    a provider that needs a model and has no fallback model is reported, not guessed at.
     """
     candidates = [Candidate(provider, model)]
     seen = {(provider, model)}
@@ -59,7 +51,7 @@ def call_candidates(settings: Settings, provider: str, model: str | None) -> lis
         if (name, chosen) in seen or (name == provider and chosen is None):
             continue
         seen.add((name, chosen))
-        if chosen is None and name in RETRIED_PROVIDERS:
+        if chosen is None and needs_model(name):
             candidates.append(
                 Candidate(name, None, f"no fallback model: set {name.upper()}_FALLBACK_MODEL")
             )

@@ -3,7 +3,8 @@
 MAX_CONCURRENCY bounds nodes; these bound calls in flight to one provider. They differ
 because the constraint differs: a laptop running Ollama serves one or two generations
 at a time (more only queue up and hit timeouts), while a hosted API is bounded by rate
-limits. The offline provider needs no bound.
+limits. The offline provider needs no bound. Each provider's bound is its spec's
+(crew/llm/registry.py `max_concurrency`), read once per process.
 
 Semaphores are created on first use in a running loop and re-created if a later call
 runs in another loop (an asyncio semaphore cannot be shared across loops; a process that
@@ -16,6 +17,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from crew.llm.registry import max_concurrency
 from crew.settings import Settings
 
 
@@ -23,16 +25,16 @@ class ProviderLimits:
     """One asyncio.Semaphore per bounded provider; create one per process and share it."""
 
     def __init__(self, settings: Settings) -> None:
-        self._capacities: dict[str, int] = {
-            "ollama": settings.ollama_max_concurrency,
-            "openai": settings.openai_max_concurrency,
-        }
+        self.settings = settings
+        self._capacities: dict[str, int | None] = {}
         self._semaphores: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Semaphore]] = {}
         self._in_flight: dict[str, int] = {}
 
     def capacity(self, provider: str) -> int | None:
         """The most calls in flight to `provider`; None means unbounded (offline)."""
-        return self._capacities.get(provider)
+        if provider not in self._capacities:
+            self._capacities[provider] = max_concurrency(self.settings, provider)
+        return self._capacities[provider]
 
     def semaphore(self, provider: str) -> asyncio.Semaphore | None:
         """`provider`'s semaphore for the running loop; None when unbounded."""

@@ -3,10 +3,12 @@
 Prices come, in order, from the environment (`OPENAI_PRICE_PROMPT_<MODEL>_PER_1K` and
 `OPENAI_PRICE_COMPLETION_<MODEL>_PER_1K`, so an operator can correct or extend the table
 without a release), then from a built-in table whose version is recorded with every cost
-(`price_source`), so a sidecar written today can be audited after prices change. Local
-providers cost nothing. A model nobody priced costs None: crew never guesses, because a
-wrong number in a budget is worse than a missing one, and it warns once so the operator
-knows to add a price.
+(`price_source`), so a sidecar written today can be audited after prices change. Which
+provider is priced how is its spec's business (`ProviderSpec.price`, dispatched by
+crew/llm/registry.py's `price_for`): local providers cost nothing, the OpenAI-compatible
+one uses `list_price` below. A model nobody priced costs None: crew never guesses,
+because a wrong number in a budget is worse than a missing one, and it warns once so the
+operator knows to add a price.
 """
 
 from __future__ import annotations
@@ -23,8 +25,6 @@ logger = logging.getLogger(__name__)
 
 PRICE_TABLE_VERSION = "2026-11"
 """Bump whenever a price below changes; sidecars record `table:<version>`."""
-
-LOCAL_PROVIDERS: frozenset[str] = frozenset({"ollama", "offline"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +87,7 @@ def table_price(model: str) -> tuple[float, float] | None:
     return PRICE_TABLE.get(model.strip().lower()) or PRICE_TABLE.get(base_model(model))
 
 
-def price_for(
+def list_price(
     settings: Settings,
     provider: str,
     requested_model: str | None,
@@ -95,15 +95,13 @@ def price_for(
     *,
     warn: bool = True,
 ) -> Price | None:
-    """The price of a call, or None when nobody priced the model (warned once per process,
-    unless `warn` is False: diagnostics report it themselves).
+    """The price of an OpenAI-compatible call, or None when nobody priced the model
+    (warned once per process, unless `warn` is False: diagnostics report it themselves).
 
     Env overrides are looked up by the requested model, then by the response's model (then
     by either without its date suffix); a half given in the env completes with the table's
     other half for the same model.
     """
-    if provider in LOCAL_PROVIDERS:
-        return Price(0.0, 0.0, "local")
     names = _candidates(requested_model, response_model)
     for name in names:
         key = price_env_key(name)
@@ -119,7 +117,7 @@ def price_for(
         if prompt is not None and completion is not None:
             return Price(prompt, completion, "env")
         if warn:
-            _warn_once(provider, name, f"OPENAI_PRICE_*_{key}_PER_1K sets only one of two prices")
+            warn_once(provider, name, f"OPENAI_PRICE_*_{key}_PER_1K sets only one of two prices")
         return None
     for name in names:
         table = table_price(name)
@@ -128,7 +126,7 @@ def price_for(
     model = requested_model or response_model or "(no model)"
     if not warn:
         return None
-    _warn_once(
+    warn_once(
         provider,
         model,
         "no price known; cost is recorded as null. Set "
@@ -163,7 +161,7 @@ def served_price(
         if served is None
         else "the server does not list this model"
     )
-    _warn_once(
+    warn_once(
         provider,
         model,
         f"{why}, so its list price does not apply and cost is recorded as null; set "
@@ -173,7 +171,8 @@ def served_price(
     return None
 
 
-def _warn_once(provider: str, model: str, why: str) -> None:
+def warn_once(provider: str, model: str, why: str) -> None:
+    """Log `why` about a model's price once per process (per provider and model)."""
     with _warned_lock:
         if (provider, model) in _warned:
             return

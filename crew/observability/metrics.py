@@ -51,7 +51,8 @@ MULTIPROCESS = bool(os.environ.get(MULTIPROC_ENV))
 """Decided when prometheus_client is imported, as prometheus_client itself does."""
 
 OTHER = "other"
-KNOWN_PROVIDERS = frozenset(PROVIDER_NAMES)
+KNOWN_PROVIDERS = PROVIDER_NAMES
+"""Built-in providers and installed plugins' (a bounded set: labels never grow unbounded)."""
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED = "unmatched"
 RUN_STATUSES = ("completed", "failed", "canceled", "interrupted")
@@ -151,7 +152,7 @@ class RoleLabels:
 
 
 def provider_label(provider: str | None) -> str:
-    return provider if provider in KNOWN_PROVIDERS else OTHER
+    return provider if provider is not None and provider in KNOWN_PROVIDERS else OTHER
 
 
 class ModelLabels:
