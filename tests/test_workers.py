@@ -666,3 +666,43 @@ async def test_a_finished_run_keeps_no_lease_expiry(tmp_path: Path, db_url: str)
         run = await h.repo.get_run(outcome.run_id)
     assert run is not None and run.status == "completed"
     assert (run.owner, run.heartbeat_at, run.lease_expires_at) == (None, None, None)
+
+
+async def test_once_worker_gives_its_runs_back_when_the_queue_cannot_be_read(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """`crew worker --once` stops when it cannot read the queue; the run it is executing
+    goes back to the queue instead of being cut off as `interrupted` at exit."""
+    from fakes import ScriptedProvider
+    from test_engine_support import harness, offline_text
+
+    from crew.domain.errors import DatabaseUnavailableError
+    from crew.engine.worker import Worker
+
+    provider = ScriptedProvider(default=offline_text, delay_s=0.3)
+    async with harness(
+        tmp_path, sqlite_url, provider, WORKER_POLL_S="0.2", WORKER_SHUTDOWN_GRACE_S="5"
+    ) as h:
+        run_id = await h.create(CHAIN)
+        claims = 0
+        claim_next_run = h.repo.claim_next_run
+
+        async def flaky(*args: Any, **kwargs: Any) -> Any:
+            nonlocal claims
+            claims += 1
+            if claims <= 2:  # the run, then nothing more to claim
+                return await claim_next_run(*args, **kwargs)
+            raise DatabaseUnavailableError("the database went away")
+
+        h.repo.claim_next_run = flaky  # type: ignore[method-assign]
+        worker = Worker(h.repo, h.settings, h.client, max_runs=2)
+        with pytest.raises(DatabaseUnavailableError):
+            await worker.run(once=True)
+        # what asyncio.run does to the tasks left when `crew worker` exits
+        left = list(worker._active.values())
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
+        run = await h.repo.get_run(run_id)
+        assert (run.status, run.owner) == ("queued", None)
+        assert [e.type for e in await h.events(run_id)][-1] == "RUN_RELEASED"

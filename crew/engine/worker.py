@@ -135,7 +135,15 @@ class Worker:
             on_counts=self._on_counts,
         ):
             self._started.set()
-            await self._loop(once)
+            try:
+                await self._loop(once)
+            except Exception:
+                # The loop cannot go on (with --once: the queue cannot be read). The runs
+                # in flight go back to the queue, as on shutdown: cut off when the process
+                # exits, they would end `interrupted` and wait for a person.
+                self.shutdown()
+                await self._drain()
+                raise
             await self._drain()
         return self.stats
 
