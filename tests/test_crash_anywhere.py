@@ -249,17 +249,6 @@ class StrayTemporaryFile(AssertionError):
     """A completed run's folder still holds a killed writer's temporary file."""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=StrayTemporaryFile,
-    reason=(
-        "a `crew run` killed between writing a file's temporary copy and renaming it "
-        "(`.<name>.<pid>.tmp`, crew.engine.files.write_atomic) leaves that partial copy "
-        "in the run folder for good: `crew run --resume` writes or restores the real file "
-        "but never removes the dead process's temporary, so the completed run's folder "
-        "differs from an uninterrupted run's (seen in 2 of 30 random SIGKILL trials)"
-    ),
-)
 def test_a_killed_writers_temporary_file_is_gone_after_the_resume(bench: Bench) -> None:
     """The state such a kill leaves, made exactly: a real run killed with SIGKILL, and
     the partial temporary copy of a node's markdown its process was writing."""

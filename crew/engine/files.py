@@ -117,6 +117,19 @@ class RunFiles:
 
         await asyncio.get_running_loop().run_in_executor(_file_writers(), write_all)
 
+    def remove_stale_temporaries(self) -> int:
+        """Delete the `.<name>.<pid>.tmp` files of writers that died mid-write (see
+        `write_atomic`); call only while holding the run's lease. Returns how many."""
+        removed = 0
+        if not self.folder.is_dir():
+            return 0
+        for path in self.folder.rglob(".*.tmp"):
+            pid = path.name.rsplit(".", 2)[-2]
+            if pid.isdigit() and int(pid) != os.getpid() and path.is_file():
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
     def restore(self, relative: str, content: str) -> bool:
         """Write a file back from its database copy if it is missing or differs.
 

@@ -531,7 +531,9 @@ async def _load_states_and_artifacts(
 
 def restore_files(files: RunFiles, plan: Plan, artifacts: Sequence[Any]) -> int:
     """Write back every file of the run whose local copy is missing or differs from the
-    database's; returns how many were written."""
+    database's; returns how many were written. Temporary copies a killed writer left
+    behind are removed (this process holds the run's lease: no other writer is live)."""
+    files.remove_stale_temporaries()
     from crew.engine.files import to_json_text
 
     restored = int(
