@@ -706,3 +706,35 @@ async def test_once_worker_gives_its_runs_back_when_the_queue_cannot_be_read(
         run = await h.repo.get_run(run_id)
         assert (run.status, run.owner) == ("queued", None)
         assert [e.type for e in await h.events(run_id)][-1] == "RUN_RELEASED"
+
+
+async def test_a_worker_whose_loop_failed_runs_again(tmp_path: Path, sqlite_url: str) -> None:
+    """crew serve restarts its embedded worker when its loop fails: the restarted loop
+    claims runs again."""
+    from test_engine_support import harness
+
+    from crew.engine.worker import Worker
+
+    async with harness(tmp_path, sqlite_url, WORKER_POLL_S="0.05") as h:
+        claim_next_run = h.repo.claim_next_run
+
+        async def broken(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("a bug in the loop")
+
+        h.repo.claim_next_run = broken  # type: ignore[method-assign]
+        worker = Worker(h.repo, h.settings, h.client)
+        with pytest.raises(RuntimeError):
+            await worker.run()
+        h.repo.claim_next_run = claim_next_run  # type: ignore[method-assign]
+        run_id = await h.create(PAIR)
+        again = asyncio.create_task(worker.run())
+        try:
+            for _ in range(200):
+                run = await h.repo.get_run(run_id)
+                if run is not None and run.status == "completed":
+                    break
+                await asyncio.sleep(0.05)
+            assert run is not None and run.status == "completed"
+        finally:
+            worker.shutdown()
+            await again

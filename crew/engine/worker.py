@@ -140,9 +140,14 @@ class Worker:
             except Exception:
                 # The loop cannot go on (with --once: the queue cannot be read). The runs
                 # in flight go back to the queue, as on shutdown: cut off when the process
-                # exits, they would end `interrupted` and wait for a person.
+                # exits, they would end `interrupted` and wait for a person. A worker that
+                # was not asked to stop can run again (crew serve restarts its own).
+                stopping = self._stopping
                 self.shutdown()
-                await self._drain()
+                try:
+                    await self._drain()
+                finally:
+                    self._stopping = stopping
                 raise
             await self._drain()
         return self.stats
