@@ -12,7 +12,10 @@ from typing import Annotated
 import typer
 
 from crew import __version__
+from crew.cli import light_params
 from crew.cli.common import state
+
+light_params.install()  # plain parameters without importing Pydantic (see the module)
 
 app = typer.Typer(
     name="crew",
