@@ -1,11 +1,15 @@
-"""How long `crew --help` takes, as a ratio to a minimal three-command Typer app.
+"""How long crew's commands take, as ratios to a minimal three-command Typer app's --help.
 
 Startup is what a user pays on every command, so `crew --help` must stay within 1.2x of
 the smallest possible Typer CLI: heavy libraries (SQLAlchemy, the HTTP stack, ...) have to
-be imported by the commands that use them, not at startup. The reference app is written
-and timed in the same run, on the same interpreter, so the ratio does not depend on the
-machine. Runs are interleaved, after one warm-up each, so a slow phase of the machine
-affects every command alike; the median resists outliers.
+be imported by the commands that use them, not at startup. The read commands are used in
+shell loops (`crew runs list --json | jq ... | xargs crew runs show`), so on a SQLite
+database of 1,000 runs (built here by bulk insert, one of them with 200 events)
+`crew runs list --json`, `crew runs show ID --json` and `crew events tail ID --no-follow
+--json` must stay within 1.6x of it; `crew doctor --json` is reported too. The reference
+app is written and timed in the same run, on the same interpreter, so the ratios do not
+depend on the machine. Runs are interleaved, after one warm-up each, so a slow phase of
+the machine affects every command alike; the median resists outliers.
 
 Prints one JSON line. Usage: python benchmarks/cli_startup.py [--runs N]
 """
@@ -13,6 +17,7 @@ Prints one JSON line. Usage: python benchmarks/cli_startup.py [--runs N]
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import statistics
@@ -20,9 +25,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from _api_data import finished_runs
+
 TARGET_RATIO = 1.2
+TARGET_READ_RATIO = 1.6
+RUNS = 1_000
+EVENTS = 200
+BIG_RUN = "bench-run"
 
 MINIMAL_APP = '''\
 import typer
@@ -63,6 +75,37 @@ def time_once(command: list[str], cwd: Path, env: dict[str, str]) -> float:
     return elapsed
 
 
+async def build_database(url: str) -> None:
+    """RUNS finished runs of two nodes each; the newest, BIG_RUN, has EVENTS events."""
+    from sqlalchemy import insert
+
+    from crew.settings import settings_from_values
+    from crew.store.database import open_repository
+    from crew.store.models import events_table, nodes_table, runs_table
+
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    async with open_repository(settings_from_values({"DATABASE_URL": url})) as repo:
+        runs, nodes = finished_runs(RUNS, t0, last_id=BIG_RUN)
+        events = [
+            {
+                "run_id": BIG_RUN,
+                "node_id": None,
+                "node_key": "n0",
+                "type": "LLM_CALL",
+                "level": "info",
+                "payload": {"run_id": BIG_RUN, "node_key": "n0", "i": i},
+                "message": f"call {i}",
+                "request_id": None,
+                "timestamp": t0 + timedelta(milliseconds=i),
+            }
+            for i in range(EVENTS)
+        ]
+        async with repo.engine.begin() as conn:
+            await conn.execute(insert(runs_table), runs)
+            await conn.execute(insert(nodes_table), nodes)
+            await conn.execute(insert(events_table), events)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15, help="timed runs per command (>= 10)")
@@ -73,13 +116,25 @@ def main() -> None:
         workdir = Path(tmp)
         app = workdir / "minimal_app.py"
         app.write_text(MINIMAL_APP, encoding="utf-8")
+        url = f"sqlite+aiosqlite:///{workdir / 'crew.db'}"
+        asyncio.run(build_database(url))
         # Same environment for every command; an empty folder as working directory so a
         # stray .env cannot change what crew does.
-        env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "100"}
-
+        env = {
+            **os.environ,
+            "NO_COLOR": "1",
+            "COLUMNS": "100",
+            "DATABASE_URL": url,
+            "RUNS_ROOT": str(workdir / "runs"),
+        }
+        crew = [sys.executable, "-m", "crew"]
         commands: dict[str, list[str]] = {
-            "crew_module": [sys.executable, "-m", "crew", "--help"],
+            "crew_module": [*crew, "--help"],
             "minimal": [sys.executable, str(app), "--help"],
+            "runs_list": [*crew, "runs", "list", "--json"],
+            "runs_show": [*crew, "runs", "show", BIG_RUN, "--json"],
+            "events_tail": [*crew, "events", "tail", BIG_RUN, "--no-follow", "--json"],
+            "doctor": [*crew, "doctor", "--json"],
         }
         script = Path(sys.executable).with_name("crew")
         if script.is_file() and os.access(script, os.X_OK):
@@ -93,17 +148,30 @@ def main() -> None:
                 samples[name].append(time_once(command, workdir, env))
 
     medians = {name: statistics.median(values) for name, values in samples.items()}
+
+    def ratio(name: str) -> float:
+        return round(medians[name] / medians["minimal"], 3)
+
     result: dict[str, object] = {
         "benchmark": "cli_startup",
         "crew_help_s": round(medians["crew_module"], 4),
         "minimal_typer_help_s": round(medians["minimal"], 4),
-        "ratio": round(medians["crew_module"] / medians["minimal"], 3),
+        "ratio": ratio("crew_module"),
         "runs": runs,
         "target_ratio": TARGET_RATIO,
     }
     if "crew_script" in medians:
         result["crew_script_help_s"] = round(medians["crew_script"], 4)
-        result["crew_script_ratio"] = round(medians["crew_script"] / medians["minimal"], 3)
+        result["crew_script_ratio"] = ratio("crew_script")
+    reads = ("runs_list", "runs_show", "events_tail")
+    result["database_runs"] = RUNS
+    for name in (*reads, "doctor"):
+        result[f"{name}_s"] = round(medians[name], 4)
+        result[f"{name}_ratio"] = ratio(name)
+    result["target_read_ratio"] = TARGET_READ_RATIO
+    result["ok"] = ratio("crew_module") <= TARGET_RATIO and all(
+        ratio(name) <= TARGET_READ_RATIO for name in reads
+    )
     print(json.dumps(result))
 
 
