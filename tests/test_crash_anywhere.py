@@ -10,7 +10,8 @@ and whether to kill the first resume as well. After the last resume:
 - no node that had completed before a kill was started or called again;
 - the run's event ids are unique, strictly increasing and without a gap;
 - `PRAGMA integrity_check` says ok and no foreign key dangles;
-- every artifact row's sha256 and size match its stored content and the file on disk.
+- every artifact row's sha256 and size match its stored content and the file on disk;
+- no temporary copy of a file (`.<name>.<pid>.tmp`) is left in the run folder.
 
 Bounded: CREW_TORTURE_TRIALS trials (5 by default; `nox -s torture` runs more), seeds
 from CREW_CRASH_SEED (default 1300) upward. Every process is killed when the test ends.
@@ -248,14 +249,8 @@ def test_killed_anywhere_then_resumed(bench: Bench, trial: int) -> None:
     assert files.keys() == bench.reference.keys()
     for path, content in bench.reference.items():
         assert files[path] == content, f"{path} differs from the uninterrupted run's"
-    # A temporary file of a killed writer stays behind (the known defect the test below
-    # pins down): only those, named after a killed process, are tolerated here.
-    for stray in strays:
-        assert any(stray.endswith(f".{pid}.tmp") for pid in killed), stray
-
-
-class StrayTemporaryFile(AssertionError):
-    """A completed run's folder still holds a killed writer's temporary file."""
+    # a killed writer's temporary copies (`.<name>.<pid>.tmp`) are removed by the resume
+    assert not strays, f"temporaries left by the killed processes {killed}: {strays}"
 
 
 def test_a_killed_writers_temporary_file_is_gone_after_the_resume(bench: Bench) -> None:
@@ -287,6 +282,4 @@ def test_a_killed_writers_temporary_file_is_gone_after_the_resume(bench: Bench) 
         assert final.wait(timeout=120) == 0, procs.logs()
     assert db.run(run_id).status == "completed"
     assert snapshot(bench.runs_root / run_id) == bench.reference
-    strays = temporaries(bench.runs_root / run_id)
-    if strays:
-        raise StrayTemporaryFile(f"left in the completed run's folder: {strays}")
+    assert temporaries(bench.runs_root / run_id) == []
