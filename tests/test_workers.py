@@ -270,13 +270,16 @@ def test_serve_restarted_while_runs_execute(tmp_path: Path, sqlite_url: str, sig
         assert server.owns(owner)
         server.signal(signum)
         code = server.wait(timeout=30)
+        # the runs left unfinished (all of them, unless the machine was slow enough for
+        # one to reach its end before the signal)
+        runs = db.runs()
+        stopped = [r for r in run_ids if runs[r].status != "completed"]
+        assert stopped
         if signum == signal.SIGTERM:
             assert code in (0, -signal.SIGTERM), server.stderr()  # a clean shutdown
             assert "Traceback" not in server.stderr()
             # given back to the queue at the end of the grace period, not interrupted
-            runs = db.runs()
-            assert {runs[r].status for r in run_ids} == {"queued"}
-            assert all(runs[r].owner is None for r in run_ids)
+            assert all((runs[r].status, runs[r].owner) == ("queued", None) for r in stopped)
         done_before = {r: completed_nodes(db.events(), r) for r in run_ids}
 
         start_server(procs, "serve2")
@@ -287,6 +290,9 @@ def test_serve_restarted_while_runs_execute(tmp_path: Path, sqlite_url: str, sig
             mine = [e for e in events if e.run_id == run_id]
             types = [e.type for e in mine]
             assert "RUN_INTERRUPTED" not in types
+            if run_id not in stopped:
+                assert "RUN_RESUMED" not in types
+                continue
             assert types.count("RUN_RELEASED") == (1 if signum == signal.SIGTERM else 0)
             (resumed,) = of_type(mine, "RUN_RESUMED")
             assert resumed.payload["reason"] == reason
