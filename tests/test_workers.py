@@ -1,10 +1,11 @@
 """Leased execution with real processes: workers, servers and foreground runs that are
-killed, paused and restarted while they hold runs.
+killed, paused and restarted while they hold runs; and, in process, the event order of
+concurrent writers, the LISTEN connection, and the worker loop's failures.
 
-Every test is bounded: leases of 2 s (RUN_LEASE_S), runs made to last with the offline
-provider's simulated latency (OFFLINE_LATENCY_MS), and waits that fail with every
-process's log instead of hanging. Nothing here asserts how long anything took. Every
-process a test starts is killed when it ends (worker_procs.Procs).
+Every process test (marked slow) is bounded: leases of 2 s (RUN_LEASE_S), runs made to
+last with the offline provider's simulated latency (OFFLINE_LATENCY_MS), and waits that
+fail with every process's log instead of hanging. Nothing here asserts how long anything
+took. Every process a test starts is killed when it ends (worker_procs.Procs).
 """
 
 from __future__ import annotations
@@ -41,8 +42,6 @@ from crew.store.records import NewEvent
 from tests.api_helpers import H, api
 from tests.api_server import free_port, wait_until_serving
 
-pytestmark = pytest.mark.slow
-
 DIAMOND = plan_dict(n("a"), n("b", "a"), n("c", "a"), n("d", "b", "c"), title="Diamond")
 DIAMOND_KEYS = ["a", "b", "c", "d"]
 CHAIN = plan_dict(*(n(f"s{i}", *([f"s{i - 1}"] if i else [])) for i in range(6)), title="Chain")
@@ -73,6 +72,7 @@ def assert_each_node_once(db: Db, run_ids: list[str], keys: list[str]) -> list[E
 # ---- 1. three workers share a queue; one is killed --------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_three_workers_one_killed_every_run_completes_once(tmp_path: Path, pg_url: str) -> None:
     runs_root = tmp_path / "runs"
@@ -179,6 +179,7 @@ def snapshot(db: Db, run_id: str, runs_root: Path) -> tuple[Any, ...]:
     )
 
 
+@pytest.mark.slow
 def test_fencing_a_paused_owner_writes_nothing_after_the_takeover(
     tmp_path: Path, db_url: str
 ) -> None:
@@ -247,6 +248,7 @@ def post_task(base: str, plan: dict[str, Any], client: httpx.Client | None = Non
     return str(response.json()["run_id"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_serve_restarted_while_runs_execute(tmp_path: Path, sqlite_url: str, signum: int) -> None:
     runs_root = tmp_path / "runs"
@@ -304,6 +306,7 @@ def test_serve_restarted_while_runs_execute(tmp_path: Path, sqlite_url: str, sig
 # ---- 4. a foreground crew run killed, finished by a worker -------------------------------
 
 
+@pytest.mark.slow
 def test_killed_foreground_run_is_finished_by_a_worker(tmp_path: Path, sqlite_url: str) -> None:
     runs_root = tmp_path / "runs"
     env = process_env(sqlite_url, runs_root, OFFLINE_LATENCY_MS="300", MAX_CONCURRENCY="1")
@@ -359,6 +362,7 @@ def assert_started_once(db: Db, run_ids: list[str], executors: list[Any]) -> Non
         assert any(proc.owns(event.payload["owner"]) for proc in executors), event.payload
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_two_api_processes_two_workers_a_burst_of_tasks(tmp_path: Path, pg_url: str) -> None:
     runs_root = tmp_path / "runs"
@@ -381,6 +385,7 @@ def test_two_api_processes_two_workers_a_burst_of_tasks(tmp_path: Path, pg_url: 
             assert proc.alive() and "Traceback" not in proc.stderr(), proc.stderr()
 
 
+@pytest.mark.slow
 def test_sqlite_two_workers_and_serve_on_one_file(tmp_path: Path, sqlite_url: str) -> None:
     runs_root = tmp_path / "runs"
     env = process_env(sqlite_url, runs_root, OFFLINE_LATENCY_MS="50", TASKS_RATE_BURST="100")
@@ -481,6 +486,7 @@ async def test_a_follower_never_misses_an_event_of_concurrent_writers(
 # ---- 7. a run continued on another machine (another RUNS_ROOT) ---------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_a_run_continued_with_another_runs_root(tmp_path: Path, pg_url: str) -> None:
     first_root, second_root = tmp_path / "first" / "runs", tmp_path / "second" / "runs"
@@ -534,6 +540,7 @@ def test_a_run_continued_with_another_runs_root(tmp_path: Path, pg_url: str) -> 
 # ---- 8. a run whose executors keep dying -------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_run_recovered_too_often_ends_failed(tmp_path: Path, db_url: str) -> None:
     runs_root = tmp_path / "runs"
     env = process_env(db_url, runs_root, RUN_MAX_RECOVERIES="1")
@@ -566,6 +573,7 @@ def test_a_run_recovered_too_often_ends_failed(tmp_path: Path, db_url: str) -> N
         assert {node.status for node in db.nodes(run_id).values()} == {"canceled"}
 
 
+@pytest.mark.slow
 def test_a_run_that_cannot_start_does_not_block_the_queue(tmp_path: Path, sqlite_url: str) -> None:
     runs_root = tmp_path / "runs"
     env = process_env(sqlite_url, runs_root)
