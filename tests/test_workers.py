@@ -752,3 +752,25 @@ async def test_a_worker_whose_loop_failed_runs_again(tmp_path: Path, sqlite_url:
         finally:
             worker.shutdown()
             await again
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a lease's expiry is written and judged by the executors' own clocks: a worker "
+    "whose clock runs ahead of the owner's by more than RUN_LEASE_S takes live runs over "
+    "(each one a recovery; RUN_MAX_RECOVERIES of them fail a run nobody killed)",
+)
+async def test_a_worker_with_a_fast_clock_leaves_live_runs_alone(
+    tmp_path: Path, db_url: str
+) -> None:
+    from test_engine_support import harness
+
+    async with harness(tmp_path, db_url) as h:
+        run_id = await h.create(PAIR)
+        now = datetime.now(UTC)
+        lease = timedelta(seconds=h.settings.run_lease_s)
+        assert await h.repo.claim_run(run_id, "host-a:1:owner", now, now + lease)
+        await h.repo.update_run(run_id, status="running", started_at=now)
+        # the owner renewed a moment ago; host b's clock is RUN_LEASE_S + 1 s ahead
+        ahead = now + lease + timedelta(seconds=1)
+        assert await h.repo.claim_next_run("host-b:2:worker", ahead, ahead + lease) is None
