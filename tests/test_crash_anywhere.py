@@ -72,7 +72,7 @@ def start_run(procs: Procs, name: str, run_id: str, *, resume: bool) -> Proc:
 
 
 def wait_for_row(db: Db, proc: Proc, run_id: str) -> None:
-    """Until the run's row exists (the process must still be alive then or have exited 0)."""
+    """Until the run's row exists; fails at once if the process exits before."""
 
     def created() -> bool:
         if db.call(lambda repo: repo.get_run(run_id)) is not None:
