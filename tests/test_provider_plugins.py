@@ -26,6 +26,7 @@ import pytest
 
 from crew.api.openapi import document
 from crew.api.routes import load
+from crew.api.spec import ENDPOINTS
 from crew.api.task_body import parse_task_request
 from crew.domain.errors import ConfigError, PlanValidationError, ProviderError
 from crew.domain.plan import parse_plan
@@ -75,6 +76,8 @@ def echo_importable(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
     reload_plugins(None)
     document.cache_clear()
+    if ENDPOINTS:
+        document()  # the schema's provider list back to the installed providers
     reset_warnings()
 
 

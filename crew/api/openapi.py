@@ -10,6 +10,7 @@ from crew import __version__
 from crew.api.middleware import zone_names
 from crew.api.spec import ENDPOINTS
 from crew.domain.limits import MAX_DESCRIPTION, MAX_ITEM, MAX_ITEMS, MAX_MODEL, MAX_TITLE
+from crew.domain.providers import BUILTIN_PROVIDERS
 from crew.llm.registry import provider_names
 
 TS = {"type": "string", "format": "date-time"}
@@ -54,9 +55,16 @@ RUN_ITEM = {
     "error": STR_NULL,
     "cost_usd": {"type": ["number", "null"]},
 }
+PROVIDER_NAME: dict[str, Any] = {
+    "type": "string",
+    "enum": list(BUILTIN_PROVIDERS),
+    "description": "An LLM provider: built in, or added by an installed package.",
+}
+"""Its `enum` is filled with the installed plugins' names when the document is built
+(plugins are loaded then, not when this module is imported)."""
 LLM_CHOICE = _obj(
     {
-        "provider": {"$ref": "#/components/schemas/ProviderName"},
+        "provider": PROVIDER_NAME,
         "model": {"type": "string"},
     },
     [],
@@ -305,6 +313,7 @@ PLAN_SOURCES = [
 ]
 """POST /tasks takes exactly one plan source: oneOf says so to generated clients."""
 SCHEMAS["TaskRequest"]["oneOf"] = PLAN_SOURCES
+SCHEMAS["ProviderName"] = PROVIDER_NAME
 SCHEMAS["TaskRequest"]["description"] = (
     "Exactly one plan source: task, task_spec, task_file, or options.use_supervisor: true. "
     f"Strings: no NUL or control character but tab and line breaks; a model name at most "
@@ -320,16 +329,6 @@ TIMEZONE = {
 }
 
 
-def _provider_name() -> dict[str, Any]:
-    """The providers this server can call: built-ins and installed plugins (listed when
-    the document is first built, so plugins are loaded then, not at import)."""
-    return {
-        "type": "string",
-        "enum": list(provider_names()),
-        "description": "An LLM provider: built in, or added by an installed package.",
-    }
-
-
 def _operation_id(method: str, path: str) -> str:
     words = re.sub(r"[{}]", "", path).strip("/").replace("/", "_").replace(".", "_")
     return f"{method.lower()}_{words or 'root'}"
@@ -341,6 +340,7 @@ def document(root_path: str = "") -> dict[str, Any]:
     when imported (`crew.api.routes.load()`, which the app factory calls)."""
     if not ENDPOINTS:
         raise RuntimeError("no endpoint declared: call crew.api.routes.load() first")
+    PROVIDER_NAME["enum"] = list(provider_names())
     paths: dict[str, Any] = {}
     for ep in ENDPOINTS:
         responses: dict[str, Any] = {}
@@ -399,7 +399,7 @@ def document(root_path: str = "") -> dict[str, Any]:
         "servers": [{"url": root_path or "/"}],
         "paths": paths,
         "components": {
-            "schemas": {**SCHEMAS, "ProviderName": _provider_name()},
+            "schemas": SCHEMAS,
             "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
         },
         "security": [{"apiKey": []}],
