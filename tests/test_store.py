@@ -483,34 +483,39 @@ async def test_batch_rolls_back_on_exception(repo: Repository) -> None:
 
 
 async def test_claim_renew_release(repo: Repository) -> None:
+    """Times passed to the lease queries only say how long a lease lasts: the store's
+    clock (the database server's on PostgreSQL) decides when it starts and ends."""
     await make_run(repo)
-    t0 = datetime(2024, 1, 1, 12, 0, tzinfo=UTC)
+    t0 = datetime(2024, 1, 1, 12, 0, tzinfo=UTC)  # a caller's clock far in the past
     lease = timedelta(seconds=15)
     first = await repo.claim_run("run-1", "worker-a", t0, t0 + lease)
     assert first is not None and first.generation == 1 and first.previous_owner is None
-    # A live lease keeps the run; its holder may claim again (a new generation).
-    assert await repo.claim_run("run-1", "worker-b", t0 + timedelta(seconds=5), t0) is None
-    again = await repo.claim_run("run-1", "worker-a", t0 + timedelta(seconds=5), t0 + lease)
+    run = await repo.get_run("run-1")
+    assert run is not None and run.lease_expires_at is not None
+    assert run.lease_expires_at > datetime.now(UTC) + timedelta(seconds=5)  # not 2024
+    # A live lease keeps the run, whatever the claimer's clock says; its holder may
+    # claim again (a new generation).
+    far = datetime.now(UTC) + timedelta(days=1)
+    assert await repo.claim_run("run-1", "worker-b", far, far + lease) is None
+    assert await repo.claim_next_run("worker-b", far, far + lease) is None
+    again = await repo.claim_run("run-1", "worker-a", t0, t0 + lease)
     assert again is not None and again.generation == 2
     fence = Fence("run-1", "worker-a", 2)
-    held, cancel = await repo.renew_lease(fence, t0 + timedelta(seconds=10), t0 + 2 * lease)
+    held, cancel = await repo.renew_lease(fence, t0, t0 + 2 * lease)
     assert held and cancel is None
     stale_fence = Fence("run-1", "worker-a", 1)
     assert (await repo.renew_lease(stale_fence, t0, t0 + lease))[0] is False
-    run = await repo.get_run("run-1")
-    assert run is not None
-    assert (run.owner, run.lease_expires_at) == ("worker-a", t0 + 2 * lease)
-    # Once the lease has run out, another executor takes over with a new generation.
-    later = t0 + timedelta(minutes=5)
-    taken = await repo.claim_run("run-1", "worker-b", later, later + lease)
+    # A lease renewed for a negative time has run out: another executor takes over.
+    assert (await repo.renew_lease(fence, t0, t0 - lease))[0]
+    taken = await repo.claim_run("run-1", "worker-b", t0, t0 + lease)
     assert taken is not None and taken.generation == 3 and taken.previous_owner == "worker-a"
-    assert (await repo.renew_lease(fence, later, later + lease))[0] is False
+    assert (await repo.renew_lease(fence, t0, t0 + lease))[0] is False
     assert not await repo.holds_lease(fence)
     assert not await repo.release_run("run-1", "worker-a")
     assert await repo.release_run("run-1", "worker-b", 3)
     released = await repo.get_run("run-1")
     assert released is not None and released.owner is None and released.lease_expires_at is None
-    assert await repo.claim_run("missing", "worker-a", later, later + lease) is None
+    assert await repo.claim_run("missing", "worker-a", t0, t0 + lease) is None
 
 
 # ---- engines -----------------------------------------------------------------------------

@@ -250,7 +250,7 @@ def _release_statement() -> UpdateBase:
     return (
         update(runs_table)
         .where(c.id == bindparam(_KEY), c.owner == bindparam("b_owner"))
-        .values(owner=null(), heartbeat_at=null())
+        .values(owner=null(), heartbeat_at=null(), lease_expires_at=null())
     )
 
 

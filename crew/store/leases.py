@@ -11,9 +11,9 @@ write of that owner is checked against (see `fence_statement`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -31,6 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnElement
 
+from crew.domain.clock import utcnow
 from crew.domain.status import RunStatus
 from crew.store.lookups import Lookups
 from crew.store.models import runs_table, workers_table
@@ -110,8 +111,12 @@ class LeaseQueries(Lookups):
     async def claim_next_run(
         self, owner: str, now: datetime, lease_until: datetime
     ) -> Claim | None:
-        """Claim the oldest claimable run (queued, or running with an expired lease)."""
-        return await self._claim(claimable_by_workers(now), owner, now, lease_until)
+        """Claim the oldest claimable run (queued, or running with an expired lease).
+
+        `lease_until - now` is how long the lease lasts; the store's clock decides when
+        it starts (see `store_now`).
+        """
+        return await self._claim(claimable_by_workers, owner, lease_until - now)
 
     async def claim_run(
         self,
@@ -130,39 +135,52 @@ class LeaseQueries(Lookups):
         `when_status`: only while the run still has the status its claimer saw (a run
         canceled meanwhile is not executed).
         """
-        free = _lease_free(now, owner)
-        if when_status is not None:
-            free = and_(free, _c.status == when_status)
-        if dead_owner is not None:
-            free = or_(free, and_(_c.owner == dead_owner[0], _c.lease_generation == dead_owner[1]))
-        return await self._claim(and_(_c.id == run_id, free), owner, now, lease_until)
+
+        def claimable(at: datetime) -> ColumnElement[bool]:
+            free = _lease_free(at, owner)
+            if when_status is not None:
+                free = and_(free, _c.status == when_status)
+            if dead_owner is not None:
+                dead = and_(_c.owner == dead_owner[0], _c.lease_generation == dead_owner[1])
+                free = or_(free, dead)
+            return and_(_c.id == run_id, free)
+
+        return await self._claim(claimable, owner, lease_until - now)
 
     async def _claim(
-        self, where: ColumnElement[bool], owner: str, now: datetime, lease_until: datetime
+        self,
+        claimable: Callable[[datetime], ColumnElement[bool]],
+        owner: str,
+        lease: timedelta,
     ) -> Claim | None:
         async with self._connection() as conn:
+            now = await store_now(conn)
+            where = claimable(now)
             if conn.dialect.name == "postgresql":
-                return await _claim_locked(conn, where, owner, now, lease_until)
-            return await _claim_compare_and_set(conn, where, owner, now, lease_until)
+                return await _claim_locked(conn, where, owner, now, now + lease)
+            return await _claim_compare_and_set(conn, where, owner, now, now + lease)
 
     async def renew_lease(
         self, fence: Fence, now: datetime, lease_until: datetime
     ) -> tuple[bool, datetime | None]:
-        """Extend the lease; (False, None) once it is not ours any more.
+        """Extend the lease by `lease_until - now` from the store's clock; (False, None)
+        once it is not ours any more.
 
         Also returns the run's cancel request, so one statement serves the heartbeat.
         """
-        stmt = (
-            update(runs_table)
-            .where(
-                _c.id == fence.run_id,
-                _c.owner == fence.owner,
-                _c.lease_generation == fence.generation,
-            )
-            .values(heartbeat_at=now, lease_expires_at=lease_until)
-            .returning(_c.cancel_requested_at)
-        )
+        lease = lease_until - now
         async with self._connection() as conn:
+            at = await store_now(conn)
+            stmt = (
+                update(runs_table)
+                .where(
+                    _c.id == fence.run_id,
+                    _c.owner == fence.owner,
+                    _c.lease_generation == fence.generation,
+                )
+                .values(heartbeat_at=at, lease_expires_at=at + lease)
+                .returning(_c.cancel_requested_at)
+            )
             row = (await conn.execute(stmt)).first()
         if row is None:
             return False, None
@@ -221,25 +239,27 @@ class LeaseQueries(Lookups):
     async def cancel_unclaimed_run(self, run_id: str, now: datetime) -> bool:
         """Cancel a queued run nobody holds, in one conditional UPDATE; False when it is
         not queued any more or an executor has claimed it (it then gets a cancel request)."""
-        expired = or_(_c.lease_expires_at.is_(None), _c.lease_expires_at < now)
-        stmt = (
-            update(runs_table)
-            .where(
-                _c.id == run_id,
-                _c.status == RunStatus.QUEUED.value,
-                or_(_c.owner.is_(None), expired),
+        async with self._connection() as conn:
+            at = await store_now(conn)
+            expired = or_(_c.lease_expires_at.is_(None), _c.lease_expires_at < at)
+            stmt = (
+                update(runs_table)
+                .where(
+                    _c.id == run_id,
+                    _c.status == RunStatus.QUEUED.value,
+                    or_(_c.owner.is_(None), expired),
+                )
+                .values(
+                    status=RunStatus.CANCELED.value,
+                    ended_at=now,
+                    error="canceled",
+                    error_code="canceled",
+                    owner=None,
+                    lease_expires_at=None,
+                    updated_at=now,
+                )
             )
-            .values(
-                status=RunStatus.CANCELED.value,
-                ended_at=now,
-                error="canceled",
-                error_code="canceled",
-                owner=None,
-                lease_expires_at=None,
-                updated_at=now,
-            )
-        )
-        return await self._update(stmt)
+            return bool((await conn.execute(stmt)).rowcount)
 
     async def holds_lease(self, fence: Fence) -> bool:
         stmt = select(_c.id).where(
@@ -311,6 +331,8 @@ class LeaseQueries(Lookups):
 
     async def count_runs_by_lease(self, now: datetime) -> dict[str, int]:
         """Runs queued, held (running with a live lease) and waiting for recovery."""
+        async with self._connection() as conn:
+            now = await store_now(conn)
         expired = or_(_c.lease_expires_at.is_(None), _c.lease_expires_at < now)
         queued = await self._scalar(select(_count()).where(_c.status == RunStatus.QUEUED.value))
         held = await self._scalar(
@@ -320,6 +342,17 @@ class LeaseQueries(Lookups):
             select(_count()).where(_c.status == RunStatus.RUNNING.value, expired)
         )
         return {"queued": int(queued or 0), "held": int(held or 0), "orphaned": int(orphaned or 0)}
+
+
+async def store_now(conn: Any) -> datetime:
+    """The clock leases are written and judged by: the database server's on PostgreSQL,
+    so executors on machines whose clocks disagree still agree on who holds a run
+    (a worker whose clock runs ahead must not take live runs over). SQLite lives on one
+    machine: its processes share the clock."""
+    if conn.dialect.name == "postgresql":
+        value = (await conn.execute(select(func.clock_timestamp()))).scalar_one()
+        return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return utcnow()
 
 
 def _count() -> Any:
