@@ -32,6 +32,8 @@ SQLITE_READERS = 4
 """Threads (each with its own connection) serving SQLite reads."""
 PG_READERS = 10
 """Connections in the PostgreSQL read pool of a server (a command uses one)."""
+PG_DECODED_ROWS = 4096
+"""Decoded rows kept by the PostgreSQL backend, keyed by their raw values."""
 
 
 def first_line(error: BaseException) -> str:
@@ -172,7 +174,16 @@ class PostgresBackend(ReadBackend):
     bind and an execute of a prepared statement; rows arrive with timestamps and
     booleans already typed, and only JSON text is left to decode. A batch of several
     queries runs in one REPEATABLE READ READ ONLY transaction (one snapshot, so a page
-    and its total agree); a single query needs none.
+    and its total agree); a single query needs none. Decoding (JSON text, records) cost
+    more than the queries, so decoded rows are kept keyed by their raw values: a row
+    read again exactly as before is not decoded again, and any change to it is a new key.
+
+    Like the SQLite backend's `PRAGMA data_version`, a batch first reads the server's
+    current snapshot (`pg_current_snapshot()`: the transactions in progress and the next
+    id). Two equal snapshots mean no transaction committed between them, so results
+    read since the first are still exact and are answered again without running the
+    queries: one trivial round trip instead of the SQL. Any commit anywhere on the
+    server changes the snapshot, which only ever costs a miss.
     """
 
     dialect = "postgresql"
@@ -185,6 +196,9 @@ class PostgresBackend(ReadBackend):
         self._pool: Any = None
         self._opening: asyncio.Lock | None = None
         self._sql: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self._decoded: dict[tuple[Any, ...], Any] = {}
+        self._snapshot: str | None = None
+        self._results: dict[tuple[Any, ...], Rows] = {}
 
     async def _connected(self) -> Any:
         if self._pool is not None:
@@ -222,10 +236,20 @@ class PostgresBackend(ReadBackend):
             prepared = self._sql[sql] = numbered(sql)
         text, names = prepared
         records = await conn.fetch(text, *(params[name] for name in names))
-        rows: Rows = [dict(record) for record in records]
-        if len(query) > 2:
-            decode = query[2]
-            rows = [decode(row) for row in rows]
+        if len(query) == 2:
+            return [dict(record) for record in records]
+        decode = query[2]
+        decoded = self._decoded
+        rows: Rows = []
+        for record in records:
+            key = (decode, *record.values())
+            row = decoded.get(key)
+            if row is None:
+                row = decode(dict(record))
+                if len(decoded) >= PG_DECODED_ROWS:
+                    decoded.clear()
+                decoded[key] = row
+            rows.append(row)
         return rows
 
     async def _guarded(self, work: Callable[[Any], Any]) -> Any:
@@ -249,10 +273,25 @@ class PostgresBackend(ReadBackend):
 
     async def batch(self, queries: Sequence[Query]) -> list[Rows]:
         async def work(conn: Any) -> list[Rows]:
+            snapshot = await conn.fetchval("SELECT pg_current_snapshot()::text")
+            if snapshot != self._snapshot:
+                self._snapshot, self._results = snapshot, {}
+            results = self._results
+            keys = [(query[0], tuple(query[1].items())) for query in queries]
+            known = [results.get(key) for key in keys]
+            if all(rows is not None for rows in known):
+                return known  # type: ignore[return-value]
             if len(queries) == 1:
-                return [await self._fetch(conn, queries[0])]
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                return [await self._fetch(conn, query) for query in queries]
+                fresh = [await self._fetch(conn, queries[0])]
+            else:
+                async with conn.transaction(isolation="repeatable_read", readonly=True):
+                    fresh = [await self._fetch(conn, query) for query in queries]
+            if self._results is results:  # no newer snapshot was seen meanwhile
+                for key, rows in zip(keys, fresh, strict=True):
+                    if len(results) >= CACHED_RESULTS:
+                        results.pop(next(iter(results)))
+                    results[key] = rows
+            return fresh
 
         result: list[Rows] = await self._guarded(work)
         return result

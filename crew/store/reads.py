@@ -21,6 +21,7 @@ total of a finished run is counted once and then topped up with the rows added s
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -228,27 +229,27 @@ class ReadStore:
             where.add("started_at >= :s_from", s_from=self._ts(filters.started_from))
         if filters.started_to is not None:
             where.add("started_at <= :s_to", s_to=self._ts(filters.started_to))
+        # One statement (one snapshot, one round trip): the page, with the filtered total
+        # (an uncorrelated subquery, evaluated once) and each run's node counts per status.
+        group_object = "json_group_object" if self.dialect == "sqlite" else "json_object_agg"
         page_sql = (
-            f"SELECT {RUN_COLUMNS} FROM runs {where.sql()} {order_sql(orders)} "
-            "LIMIT :limit OFFSET :offset"
+            f"SELECT {RUN_COLUMNS}, (SELECT count(*) FROM runs {where.sql()}) AS page_total, "
+            f"(SELECT {group_object}(status, n) FROM (SELECT status, count(*) AS n FROM nodes "
+            "WHERE nodes.run_id = runs.id GROUP BY status) AS per_status) AS node_counts "
+            f"FROM runs {where.sql()} {order_sql(orders)} LIMIT :limit OFFSET :offset"
         )
         params = {**where.params, "limit": limit, "offset": offset}
-        ids_sql = page_sql.replace(f"SELECT {RUN_COLUMNS}", "SELECT id", 1)
-        runs, count, counts = await self._backend.batch(
-            [
-                (page_sql, params, run_record),
-                (f"SELECT count(*) AS n FROM runs {where.sql()}", where.params),
-                (
-                    "SELECT run_id, status, count(*) AS n FROM nodes WHERE run_id IN "
-                    f"(SELECT id FROM ({ids_sql}) AS page) GROUP BY run_id, status",
-                    params,
-                ),
-            ]
-        )
-        per_run: dict[str, dict[str, int]] = {r.id: {} for r in runs}
-        for row in counts:
-            per_run.setdefault(row["run_id"], {})[row["status"]] = int(row["n"])
-        return Page(runs, int(count[0]["n"])), per_run
+        rows = (await self._backend.batch([(page_sql, params, _run_with_counts)]))[0]
+        if rows:
+            total = rows[0][1]
+        elif offset:
+            counted = await self._backend.batch(
+                [(f"SELECT count(*) AS n FROM runs {where.sql()}", where.params)]
+            )
+            total = int(counted[0][0]["n"])
+        else:
+            total = 0
+        return Page([run for run, _, _ in rows], total), {run.id: c for run, _, c in rows}
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         rows = (await self._backend.batch([(_RUN_BY_ID, {"id": run_id}, run_record)]))[0]
@@ -400,69 +401,95 @@ class ReadStore:
         if after_id is not None:
             where.add("id > :after_id", after_id=after_id)
         direction = " DESC" if descending else ""
-        status_rows, rows = await self._backend.batch(
-            [
-                (_STATUS, {"id": run_id}),
-                (
-                    f"SELECT {EVENT_COLUMNS} FROM events {where.sql()} ORDER BY id{direction} "
-                    "LIMIT :limit OFFSET :offset",
-                    {**where.params, "limit": limit, "offset": offset},
-                    event_record,
-                ),
-            ]
+        # The run's status rides along each row; the page and its total are read in one
+        # batch (one snapshot, one round trip when cached). An empty page is read again
+        # with the status in one snapshot: a terminal status then means every event is
+        # in the page (a follower stops on it).
+        page_query: Query = (
+            f"SELECT {EVENT_COLUMNS}, (SELECT status FROM runs WHERE id = :run_id) "
+            f"AS run_status FROM events {where.sql()} ORDER BY id{direction} "
+            "LIMIT :limit OFFSET :offset",
+            {**where.params, "limit": limit, "offset": offset},
+            _event_with_status,
         )
-        if not status_rows:
-            return None, Page([], 0)
-        status = str(status_rows[0]["status"])
+        cached: tuple[int, int] | None = None
         if not with_total:
+            page, counted = (await self._backend.batch([page_query]))[0], None
+        else:
+            if after_id is None:
+                total_query, cached = self._total_query(run_id, filters, count_where)
+            else:
+                total_query = (f"SELECT count(*) AS n FROM events {where.sql()}", where.params)
+            page, counted = await self._backend.batch([page_query, total_query])
+        if page:
+            found: str | None = page[0][0]
+        else:  # the status and the (still empty?) page again, in one snapshot
+            status_rows, page = await self._backend.batch([(_STATUS, {"id": run_id}), page_query])
+            found = str(status_rows[0]["status"]) if status_rows else None
+        if found is None:
+            return None, Page([], 0)
+        status: str = found
+        rows = [event for _, event in page]
+        if counted is None:
             total = -1
         elif after_id is None:
-            total = await self._event_total(run_id, filters, status, count_where)
+            topped = self._total_from(run_id, filters, status, counted[0], cached)
+            if topped is None:
+                topped = await self._event_total(run_id, filters, status, count_where)
+            total = topped
         else:
-            counted = await self._backend.batch(
-                [(f"SELECT count(*) AS n FROM events {where.sql()}", where.params)]
-            )
-            total = int(counted[0][0]["n"])
+            total = int(counted[0]["n"])
         return status, Page(rows, total)
 
     async def _event_total(
         self, run_id: str, filters: EventFilters, status: str, where: Where | None = None
     ) -> int:
-        """Count a run's matching events; a finished run's count is cached and topped up.
+        """Count a run's matching events; a finished run's count is cached and topped up."""
+        where = where or self._event_where(run_id, filters)
+        while True:
+            query, cached = self._total_query(run_id, filters, where)
+            row = (await self._backend.batch([query]))[0][0]
+            total = self._total_from(run_id, filters, status, row, cached)
+            if total is not None:
+                return total
+
+    def _total_query(
+        self, run_id: str, filters: EventFilters, where: Where
+    ) -> tuple[Query, tuple[int, int] | None]:
+        """The query counting a run's matching events, and the cached count it tops up.
 
         Events are append-only and their ids increase, so once a run is finished (no
         writer in flight) the count up to the largest id seen cannot change, and only
         rows above it need counting later (a resumed run's new events).
         """
-        where = where or self._event_where(run_id, filters)
-        key = (run_id, filters)
         with self._lock:
-            cached = self._event_totals.get(key)
-        if cached is not None:
-            top, known = cached
-            extra = Where(list(where.clauses), dict(where.params))
-            extra.add("id > :top", top=top)
-            added, latest = await self._backend.batch(
-                [
-                    (f"SELECT count(*) AS n FROM events {extra.sql()}", extra.params),
-                    ("SELECT max(id) AS m FROM events WHERE run_id = :run_id", {"run_id": run_id}),
-                ]
-            )
-            total = known + int(added[0]["n"])
-            new_top = latest[0]["m"]
-            if new_top is not None and int(new_top) < top:  # the run was deleted and reused
-                with self._lock:
-                    self._event_totals.pop(key, None)
-                return await self._event_total(run_id, filters, status, where)
-        else:
-            counted, latest = await self._backend.batch(
-                [
-                    (f"SELECT count(*) AS n FROM events {where.sql()}", where.params),
-                    ("SELECT max(id) AS m FROM events WHERE run_id = :run_id", {"run_id": run_id}),
-                ]
-            )
-            total = int(counted[0]["n"])
-            new_top = latest[0]["m"]
+            cached = self._event_totals.get((run_id, filters))
+        latest = "(SELECT max(id) FROM events WHERE run_id = :run_id) AS m"
+        if cached is None:
+            sql = f"SELECT (SELECT count(*) FROM events {where.sql()}) AS n, {latest}"
+            return (sql, where.params), None
+        extra = Where(list(where.clauses), dict(where.params))
+        extra.add("id > :top", top=cached[0])
+        sql = f"SELECT (SELECT count(*) FROM events {extra.sql()}) AS n, {latest}"
+        return (sql, extra.params), cached
+
+    def _total_from(
+        self,
+        run_id: str,
+        filters: EventFilters,
+        status: str,
+        row: dict[str, Any],
+        cached: tuple[int, int] | None,
+    ) -> int | None:
+        """The total from `_total_query`'s row; None when the run was deleted and its id
+        reused (the cached count is dropped: count again)."""
+        key = (run_id, filters)
+        new_top = row["m"]
+        if cached is not None and new_top is not None and int(new_top) < cached[0]:
+            with self._lock:
+                self._event_totals.pop(key, None)
+            return None
+        total = (cached[1] if cached is not None else 0) + int(row["n"])
         if status in TERMINAL_RUN_STATUSES and new_top is not None:
             with self._lock:
                 if len(self._event_totals) > 4096:
@@ -477,6 +504,21 @@ class ReadStore:
             # The format SQLAlchemy's SQLite dialect stores, so text order is time order.
             return instant.strftime("%Y-%m-%d %H:%M:%S.%f")
         return instant
+
+
+def _run_with_counts(row: dict[str, Any]) -> tuple[RunRecord, int, dict[str, int]]:
+    """A page row: the run, the page's total, its node counts per status."""
+    total = int(row.pop("page_total"))
+    counts = row.pop("node_counts")
+    if isinstance(counts, str | bytes):
+        counts = json.loads(counts)
+    return run_record(row), total, {k: int(v) for k, v in (counts or {}).items()}
+
+
+def _event_with_status(row: dict[str, Any]) -> tuple[str | None, EventRecord]:
+    """An event page row: the run's status, the event."""
+    status = row.pop("run_status")
+    return status, event_record(row)
 
 
 _RUN_BY_ID = f"SELECT {RUN_COLUMNS} FROM runs WHERE id = :id"
