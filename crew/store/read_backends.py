@@ -198,6 +198,9 @@ class PostgresBackend(ReadBackend):
         self._sql: dict[str, tuple[str, tuple[str, ...]]] = {}
         self._decoded: dict[tuple[Any, ...], Any] = {}
         self._snapshot: str | None = None
+        self._probe: asyncio.Future[str] | None = None
+        self._next_probe: asyncio.Future[str] | None = None
+        self._probe_task: asyncio.Task[None] | None = None
         self._results: dict[tuple[Any, ...], Rows] = {}
 
     async def _connected(self) -> Any:
@@ -272,29 +275,70 @@ class PostgresBackend(ReadBackend):
             ) from error
 
     async def batch(self, queries: Sequence[Query]) -> list[Rows]:
-        async def work(conn: Any) -> list[Rows]:
-            snapshot = await conn.fetchval("SELECT pg_current_snapshot()::text")
-            if snapshot != self._snapshot:
-                self._snapshot, self._results = snapshot, {}
-            results = self._results
-            keys = [(query[0], tuple(query[1].items())) for query in queries]
-            known = [results.get(key) for key in keys]
-            if all(rows is not None for rows in known):
-                return known  # type: ignore[return-value]
-            if len(queries) == 1:
-                fresh = [await self._fetch(conn, queries[0])]
-            else:
-                async with conn.transaction(isolation="repeatable_read", readonly=True):
-                    fresh = [await self._fetch(conn, query) for query in queries]
-            if self._results is results:  # no newer snapshot was seen meanwhile
-                for key, rows in zip(keys, fresh, strict=True):
-                    if len(results) >= CACHED_RESULTS:
-                        results.pop(next(iter(results)))
-                    results[key] = rows
-            return fresh
+        snapshot = await self._current_snapshot()
+        if snapshot != self._snapshot:
+            self._snapshot, self._results = snapshot, {}
+        results = self._results
+        keys = [(query[0], tuple(query[1].items())) for query in queries]
+        known = [results.get(key) for key in keys]
+        if all(rows is not None for rows in known):
+            return known  # type: ignore[return-value]
 
-        result: list[Rows] = await self._guarded(work)
-        return result
+        async def work(conn: Any) -> list[Rows]:
+            if len(queries) == 1:
+                return [await self._fetch(conn, queries[0])]
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                return [await self._fetch(conn, query) for query in queries]
+
+        fresh: list[Rows] = await self._guarded(work)
+        if self._results is results:  # no newer snapshot was seen meanwhile
+            for key, rows in zip(keys, fresh, strict=True):
+                if len(results) >= CACHED_RESULTS:
+                    results.pop(next(iter(results)))
+                results[key] = rows
+        return fresh
+
+    async def _current_snapshot(self) -> str:
+        """The server's snapshot as read by a probe that started after this call.
+
+        Concurrent callers share probes: while one is in flight, later callers wait for
+        the next one (the one in flight may have started before a commit they must
+        see), which starts as soon as it returns. Under load this is one probe per
+        round trip, not one per request.
+        """
+        loop = asyncio.get_running_loop()
+        if self._probe is None:
+            self._probe = loop.create_future()
+            self._probe_task = loop.create_task(self._run_probes())
+            waiting = self._probe
+        else:
+            if self._next_probe is None:
+                self._next_probe = loop.create_future()
+            waiting = self._next_probe
+        snapshot: str = await asyncio.shield(waiting)
+        return snapshot
+
+    async def _run_probes(self) -> None:
+        while self._probe is not None:
+            probe = self._probe
+            try:
+                value = await self._guarded(
+                    lambda conn: conn.fetchval("SELECT pg_current_snapshot()::text")
+                )
+            except asyncio.CancelledError:
+                for waiting in (probe, self._next_probe):
+                    if waiting is not None:
+                        waiting.cancel()
+                self._probe = self._next_probe = None
+                raise
+            except Exception as error:
+                if not probe.done():
+                    probe.set_exception(error)
+                    probe.exception()  # retrieved: a caller gone meanwhile logs nothing
+            else:
+                if not probe.done():
+                    probe.set_result(str(value))
+            self._probe, self._next_probe = self._next_probe, None
 
     async def schema_revision(self) -> str | None:
         import asyncpg
@@ -310,6 +354,10 @@ class PostgresBackend(ReadBackend):
         return revision
 
     async def close(self) -> None:
+        task, self._probe_task = self._probe_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
