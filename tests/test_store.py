@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy.exc import IntegrityError, StatementError
@@ -22,6 +22,7 @@ from crew.settings import Settings
 from crew.store import migrate
 from crew.store.database import create_engine, open_repository
 from crew.store.leases import Fence
+from crew.store.reads import ReadStore
 from crew.store.records import NewArtifact, NewEvent, NewNode, RunRecord
 from crew.store.repository import Repository
 
@@ -36,6 +37,18 @@ async def repo(db_url: str) -> AsyncIterator[Repository]:
         await asyncio.to_thread(migrate.upgrade, db_url)
     async with open_repository(Settings(database_url=db_url)) as repository:
         yield repository
+
+
+T = TypeVar("T")
+
+
+async def read(repo: Repository, fetch: Callable[[ReadStore], Awaitable[T]]) -> T:
+    """What the read path (crew/store/reads.py) answers on the repository's database."""
+    store = ReadStore.open(repo.engine.url.render_as_string(hide_password=False), repo.engine)
+    try:
+        return await fetch(store)
+    finally:
+        await store.close()
 
 
 def node(key: str, position: int, **extra: Any) -> NewNode:
@@ -256,9 +269,9 @@ async def test_nodes_are_listed_by_position(repo: Repository) -> None:
     assert first.deps == []
     assert (first.attempts, first.input_tokens, first.cost_usd) == (0, 0, 0.0)
     assert_utc(first.created_at)
-    assert await repo.get_node(first.id) == first
+    assert await read(repo, lambda r: r.get_node(first.id)) == first
     assert await repo.get_node_by_key("run-1", "mid") == nodes[1]
-    assert await repo.get_node("missing") is None
+    assert await read(repo, lambda r: r.get_node("missing")) is None
 
 
 async def test_update_node_and_usage(repo: Repository) -> None:
@@ -269,14 +282,14 @@ async def test_update_node_and_usage(repo: Repository) -> None:
     assert not await repo.update_node(target.id, when_status="pending", status="failed")
     await repo.add_node_usage(target.id, 30, 10, 0.125)
     await repo.add_node_usage(target.id, 5, 5, 0.125)
-    updated = await repo.get_node(target.id)
+    updated = await read(repo, lambda r: r.get_node(target.id))
     assert updated is not None
     assert (updated.status, updated.attempts, updated.started_at) == ("running", 1, now)
     assert (updated.input_tokens, updated.output_tokens, updated.cost_usd) == (35, 15, 0.25)
     assert (updated.deps, updated.role, updated.checksum) == (["n1"], "Writer_FR", None)
     await repo.add_node_usage(target.id, 1, 1, None)
     await repo.add_node_usage(target.id, 1, 1, 1.0)
-    unknown = await repo.get_node(target.id)
+    unknown = await read(repo, lambda r: r.get_node(target.id))
     assert unknown is not None
     assert unknown.cost_usd is None  # one unknown price makes the node's cost unknown
     assert unknown.input_tokens == 37
@@ -287,9 +300,8 @@ async def test_node_counts(repo: Repository) -> None:
     await make_run(repo, run_id="run-2", nodes=[])
     first = (await repo.list_nodes("run-1"))[0]
     await repo.update_node(first.id, status="completed")
-    counts = await repo.node_counts(["run-1", "run-2", "missing"])
-    assert counts == {"run-1": {"pending": 2, "completed": 1}, "run-2": {}, "missing": {}}
-    assert await repo.node_counts([]) == {}
+    _, counts = await read(repo, lambda r: r.recent_runs(None, 10))
+    assert counts == {"run-1": {"pending": 2, "completed": 1}, "run-2": {}}
 
 
 # ---- artifacts and events ----------------------------------------------------------------
@@ -318,8 +330,8 @@ async def test_artifacts(repo: Repository) -> None:
         sha256="1" * 64,
         size=120,
     )
-    assert await repo.get_artifact(markdown.id) == markdown
-    assert await repo.get_artifact("missing") is None
+    assert await read(repo, lambda r: r.get_artifact(markdown.id)) == markdown
+    assert await read(repo, lambda r: r.get_artifact("missing")) is None
     assert_utc(markdown.created_at)
     assert {a.id for a in await repo.list_artifacts(run_id="run-1")} == {markdown.id, sidecar.id}
     assert await repo.list_artifacts(node_id=n1.id) == [markdown]
@@ -347,7 +359,7 @@ async def test_an_artifact_recorded_again_replaces_the_row_of_its_file(
     n1 = (await repo.list_nodes("run-1"))[0]
     first = await repo.add_artifact(**dataclasses.asdict(markdown_of(n1.id, "1 first")))
     second = await repo.add_artifact(**dataclasses.asdict(markdown_of(n1.id, "2 second")))
-    assert await repo.get_artifact(first.id) is None
+    assert await read(repo, lambda r: r.get_artifact(first.id)) is None
     assert await repo.list_artifacts(run_id="run-1") == [second]
 
     # The engine's buffered writer replaces rows the same way, also twice in one group.
@@ -433,8 +445,8 @@ async def test_delete_run_cascades(repo: Repository) -> None:
     assert await repo.delete_run("run-1")
     assert not await repo.delete_run("run-1")
     assert await repo.get_run("run-1") is None
-    assert await repo.get_node(n1.id) is None
-    assert await repo.get_artifact(artifact.id) is None
+    assert await read(repo, lambda r: r.get_node(n1.id)) is None
+    assert await read(repo, lambda r: r.get_artifact(artifact.id)) is None
     assert await repo.list_events("run-1") == []
     assert len(await repo.list_nodes("keep")) == 2
     assert len(await repo.list_events("keep")) == 1

@@ -1,13 +1,14 @@
 """The repository's reads by id and key: runs, nodes, artifacts, events.
 
-These are what the engine and the CLI ask for (a run, its nodes, its events after a
-cursor). The API's filtered and counted pages live in crew/store/reads.py. The class
-holds no connection: the repository classes built on it say which one each call uses.
+These are what the engine and the writing commands ask for inside their own work (a
+run, its nodes, its events after a cursor), on the repository's connection. The read
+commands (`crew runs`, `crew events tail`, `crew doctor`) and the API read through
+crew/store/reads.py instead, which needs no SQLAlchemy. The class holds no connection:
+the repository classes built on it say which one each call uses.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -17,10 +18,8 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from crew.domain.errors import AmbiguousIdError, NotFoundError
 from crew.store.models import artifacts_table, events_table, nodes_table, runs_table
+from crew.store.reads import AMBIGUOUS_SHOWN
 from crew.store.records import ArtifactRecord, EventRecord, NodeRecord, RunProgress, RunRecord
-
-AMBIGUOUS_SHOWN = 5
-"""Run ids quoted when a prefix matches several."""
 
 
 class Lookups:
@@ -86,29 +85,10 @@ class Lookups:
         stmt = select(nodes_table).where(c.run_id == run_id).order_by(c.position, c.key)
         return [NodeRecord(**row) for row in await self._all(stmt)]
 
-    async def get_node(self, node_id: str) -> NodeRecord | None:
-        row = await self._one(select(nodes_table).where(nodes_table.c.id == node_id))
-        return None if row is None else NodeRecord(**row)
-
     async def get_node_by_key(self, run_id: str, key: str) -> NodeRecord | None:
         c = nodes_table.c
         row = await self._one(select(nodes_table).where(c.run_id == run_id, c.key == key))
         return None if row is None else NodeRecord(**row)
-
-    async def node_counts(self, run_ids: Sequence[str]) -> dict[str, dict[str, int]]:
-        """Nodes per status for each run, in one grouped query (for run lists)."""
-        counts: dict[str, dict[str, int]] = {run_id: {} for run_id in run_ids}
-        if not run_ids:
-            return counts
-        c = nodes_table.c
-        stmt = (
-            select(c.run_id, c.status, func.count().label("n"))
-            .where(c.run_id.in_(list(run_ids)))
-            .group_by(c.run_id, c.status)
-        )
-        for row in await self._all(stmt):
-            counts[row["run_id"]][row["status"]] = int(row["n"])
-        return counts
 
     async def list_artifacts(
         self, *, run_id: str | None = None, node_id: str | None = None, type: str | None = None
@@ -123,11 +103,6 @@ class Lookups:
             where.append(c.type == type)
         stmt = select(artifacts_table).where(*where).order_by(c.created_at, c.path)
         return [ArtifactRecord(**row) for row in await self._all(stmt)]
-
-    async def get_artifact(self, artifact_id: str) -> ArtifactRecord | None:
-        stmt = select(artifacts_table).where(artifacts_table.c.id == artifact_id)
-        row = await self._one(stmt)
-        return None if row is None else ArtifactRecord(**row)
 
     async def list_events(
         self, run_id: str, *, after_id: int | None = None, limit: int | None = None
