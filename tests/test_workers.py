@@ -670,11 +670,6 @@ def test_worker_metrics_port_in_use_is_a_clear_error(
     assert "internal error" not in result.output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the engine's release (a group commit's release_run) clears owner and heartbeat "
-    "but not lease_expires_at: a finished or released run shows a lease expiry",
-)
 async def test_a_finished_run_keeps_no_lease_expiry(tmp_path: Path, db_url: str) -> None:
     from test_engine_support import harness
 
@@ -771,3 +766,60 @@ async def test_a_worker_with_a_fast_clock_leaves_live_runs_alone(
         # the owner renewed a moment ago; host b's clock is RUN_LEASE_S + 1 s ahead
         ahead = now + lease + timedelta(seconds=1)
         assert await h.repo.claim_next_run("host-b:2:worker", ahead, ahead + lease) is None
+
+
+async def test_a_worker_that_takes_its_own_run_back_keeps_track_of_it(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """A worker stalled past its own lease (a long pause of the whole process) may claim
+    the run it is executing: the old execution stops at its next fenced write, and the
+    new one must stay the worker's (held, drained and released on shutdown)."""
+    from fakes import ScriptedProvider
+    from test_engine_support import harness, offline_text
+
+    from crew.engine.worker import Worker
+
+    provider = ScriptedProvider(default=offline_text, delay_s=0.3)
+    async with harness(
+        tmp_path, sqlite_url, provider, WORKER_POLL_S="0.05", WORKER_SHUTDOWN_GRACE_S="5"
+    ) as h:
+        run_id = await h.create(CHAIN)
+        worker = Worker(h.repo, h.settings, h.client, max_runs=2)
+        loop = asyncio.create_task(worker.run())
+
+        async def until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
+            for _ in range(400):
+                if await condition():
+                    return
+                await asyncio.sleep(0.025)
+            raise AssertionError(f"timed out waiting for {what}")
+
+        async def mid_run() -> bool:
+            return "NODE_COMPLETED" in await h.types(run_id)
+
+        async def new_execution_going() -> bool:
+            types = await h.types(run_id)
+            return (
+                "RUN_RESUMED" in types and "NODE_COMPLETED" in types[types.index("RUN_RESUMED") :]
+            )
+
+        try:
+            await until(mid_run, "the run to be mid-way")
+            # the worker's own lease runs out (as after a long pause), and it looks again
+            past = datetime.now(UTC) - timedelta(seconds=1)
+            await h.repo.update_run(run_id, lease_expires_at=past)
+            worker.wake()
+            await until(new_execution_going, "the run's second execution")
+            assert worker.stats.claimed == 2
+            assert worker.active_runs == {run_id} and worker.runs_held == 1
+        finally:
+            worker.shutdown()
+            await asyncio.wait_for(loop, timeout=30)
+            # executions the worker lost track of would outlive it: stop them (bounded)
+            orphans = [t for t in asyncio.all_tasks() if t.get_name().startswith("crew-run-")]
+            for task in orphans:
+                task.cancel()
+            await asyncio.wait_for(asyncio.gather(*orphans, return_exceptions=True), 30)
+        assert not orphans, "an execution outlived its worker"
+        run = await h.repo.get_run(run_id)
+        assert run is not None and run.status in ("queued", "completed") and run.owner is None

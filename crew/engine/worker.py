@@ -227,8 +227,11 @@ class Worker:
         except Exception:
             log.exception("run %s crashed in worker %s", claim.run_id, self.name)
         finally:
-            self._executors.pop(claim.run_id, None)
-            self._active.pop(claim.run_id, None)
+            # Only if the run is still this execution's: a worker stalled past its own
+            # lease may have claimed the run again, and the new execution is tracked now.
+            if self._active.get(claim.run_id) is asyncio.current_task():
+                self._executors.pop(claim.run_id, None)
+                self._active.pop(claim.run_id, None)
             self._wake.set()
             for listener in listeners:
                 close = getattr(listener, "close", None)
