@@ -12,9 +12,8 @@ whole list is needed: `crew --help` and a run on built-in providers never pay fo
 
 from __future__ import annotations
 
-import re
 import threading
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -26,15 +25,23 @@ BUILTIN_PROVIDERS: tuple[str, ...] = ("offline", "ollama", "openai")
 ENTRY_POINT_GROUP = "crew.providers"
 """The entry-point group a package declares its providers in (name = provider name)."""
 
-NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-"""A provider name: lower case, so that `<NAME>_...` environment variables can be derived."""
+_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyz")
+_NAME_CHARACTERS = _LETTERS | frozenset("0123456789_")
 
 
-class ProviderNames(Collection[str]):
+def is_provider_name(name: str) -> bool:
+    """A provider name: a lower-case letter, then up to 31 lower-case letters, digits or
+    `_` (so that its `<NAME>_...` environment variables can be derived). Checked without
+    a regular expression: this module is imported by every command."""
+    return 0 < len(name) <= 32 and name[0] in _LETTERS and all(c in _NAME_CHARACTERS for c in name)
+
+
+class ProviderNames:
     """The provider names crew accepts: the built-ins, then the names declared in the
     `crew.providers` entry-point group (valid, not clashing with a built-in, first wins).
 
-    Membership of a built-in name is answered without reading any metadata.
+    Membership of a built-in name is answered without reading any metadata. A
+    Collection (`in`, iteration, `len`), so validation can take it or any other set.
     """
 
     def __init__(self, builtin: tuple[str, ...]) -> None:
@@ -65,7 +72,7 @@ class ProviderNames(Collection[str]):
             found: list[str] = []
             for entry_point in self.entry_points():
                 name = entry_point.name
-                if NAME_PATTERN.fullmatch(name) and name not in self.builtin and name not in found:
+                if is_provider_name(name) and name not in self.builtin and name not in found:
                     found.append(name)
             names = self._plugins = tuple(found)
         return names

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from crew.domain.errors import ConfigError, CrewError
-from crew.domain.providers import BUILTIN_PROVIDERS, NAME_PATTERN, PROVIDER_NAMES
+from crew.domain.providers import BUILTIN_PROVIDERS, PROVIDER_NAMES, is_provider_name
 from crew.llm.base import Provider
 from crew.llm.offline import OfflineProvider
 from crew.llm.plugins import (
@@ -172,7 +172,7 @@ def _load_one(entry_point: EntryPoint, loaded: _Loaded) -> None:
     spec: object = None
     if name in _BUILTINS:
         reason = f"the name {name!r} is a built-in provider's"
-    elif not NAME_PATTERN.fullmatch(name):
+    elif not is_provider_name(name):
         reason = f"{name!r} is not a provider name (lower case letters, digits, _; 1-32)"
     elif name in loaded.plugins:
         reason = f"package {loaded.plugins[name].package} already adds a provider {name!r}"
