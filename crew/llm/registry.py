@@ -155,7 +155,8 @@ class _Loaded:
 
 
 _loaded: _Loaded | None = None
-_lock = threading.Lock()
+_lock = threading.RLock()
+"""Reentrant: a plugin whose import asks for a provider gets the plugins loaded so far."""
 
 
 def _package(entry_point: EntryPoint) -> tuple[str, str | None]:
@@ -208,10 +209,13 @@ def _plugins() -> _Loaded:
     global _loaded
     with _lock:
         if _loaded is None:
-            loaded = _Loaded({}, [])
-            for entry_point in PROVIDER_NAMES.entry_points():
-                _load_one(entry_point, loaded)
-            _loaded = loaded
+            loaded = _loaded = _Loaded({}, [])
+            try:
+                for entry_point in PROVIDER_NAMES.entry_points():
+                    _load_one(entry_point, loaded)
+            except BaseException:
+                _loaded = None  # interrupted: try again next time
+                raise
         return _loaded
 
 
