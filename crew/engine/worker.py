@@ -185,7 +185,14 @@ class Worker:
                 return claimed
             claimed += 1
             self.stats.claimed += 1
-            if claim.previous_status == RunStatus.RUNNING.value:
+            if claim.previous_status == RunStatus.RUNNING.value and claim.previous_owner == self.id:
+                log.warning(
+                    "worker %s took back its own run %s (its lease ran out while this process "
+                    "was stalled); the earlier execution stops at its next write",
+                    self.name,
+                    claim.run_id,
+                )
+            elif claim.previous_status == RunStatus.RUNNING.value:
                 self.stats.recovered += 1
                 log.warning(
                     "worker %s recovers run %s (previous owner %s, recovery %d)",
