@@ -597,7 +597,9 @@ def test_a_run_that_cannot_start_does_not_block_the_queue(tmp_path: Path, sqlite
 
 # ---- NOTIFY: the listening connection comes back ------------------------------------------
 
-LISTENERS = "SELECT pid FROM pg_stat_activity WHERE query LIKE 'LISTEN%'"
+LISTENERS = (  # this database's only: other databases on the server may have workers too
+    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+)
 
 
 @pytest.mark.postgres
