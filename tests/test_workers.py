@@ -813,6 +813,9 @@ async def test_a_worker_that_takes_its_own_run_back_keeps_track_of_it(
             worker.wake()
             await until(new_execution_going, "the run's second execution")
             assert worker.stats.claimed == 2 and worker.stats.recovered == 0  # not a recovery
+            resumed = [e for e in await h.events(run_id) if e.type == "RUN_RESUMED"]
+            assert resumed[-1].payload["reason"] == "lease_expired"  # nobody released it
+            assert resumed[-1].payload["recoveries"] == 0
             assert worker.active_runs == {run_id} and worker.runs_held == 1
         finally:
             worker.shutdown()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from typing import Any
 
@@ -54,7 +55,7 @@ class RunManager:
                 repo,
                 settings,
                 self.client,
-                name=f"serve@{socket.gethostname()}",
+                name=f"serve@{socket.gethostname()}:{os.getpid()}",
                 kind="serve",
                 max_runs=settings.serve_max_concurrent_runs,
                 listeners=self.hooks.run_listeners,

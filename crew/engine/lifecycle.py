@@ -126,7 +126,7 @@ class RunLifecycle:
         """A fenced write found another owner: stop at once, writing nothing more."""
         if self._ownership_lost:
             return
-        log.warning("run %s: %s; this process stops executing it", self.run.id, error)
+        log.warning("%s; this process stops executing the run", error)
         self._ownership_lost = True
         if self._main_task is not None:
             self._main_task.cancel()

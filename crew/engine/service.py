@@ -261,7 +261,9 @@ def resume_reason_of(run: Any, claim: Claim, *, manual: bool) -> ResumeReason | 
         return None
     if manual:
         return ResumeReason.MANUAL
-    if claim.previous_status == RunStatus.RUNNING.value and claim.previous_owner != claim.owner:
+    if claim.previous_status == RunStatus.RUNNING.value:
+        # Its owner's lease ran out: another executor, or the same one after a stall
+        # (that one is not counted as a recovery).
         return ResumeReason.LEASE_EXPIRED
     # Queued again: given back by an executor that shut down (still unfinished), or a
     # resume asked for through the API (the run had ended).
