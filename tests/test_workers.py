@@ -46,7 +46,7 @@ DIAMOND = plan_dict(n("a"), n("b", "a"), n("c", "a"), n("d", "b", "c"), title="D
 DIAMOND_KEYS = ["a", "b", "c", "d"]
 CHAIN = plan_dict(*(n(f"s{i}", *([f"s{i - 1}"] if i else [])) for i in range(6)), title="Chain")
 CHAIN_KEYS = [f"s{i}" for i in range(6)]
-LOST_LEASE = "this process stops executing it"
+LOST_LEASE = "this process stops executing the run"
 STOPPED = "this process stopped executing it"
 
 
