@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from crew.domain.errors import ConfigError, CrewError
@@ -247,89 +246,11 @@ def _ollama_has(model: str, installed: list[str]) -> bool:
 
 
 async def check_database(settings: Settings) -> Check:
-    """Reachable, and at the schema this crew needs (a fresh SQLite file is fine).
+    """The store's own check (crew/store/health.py), as one line of the report."""
+    from crew.store.health import check_database as store_check
 
-    Read on the read path (crew/store/reads.py): the driver and `alembic_version`, no
-    SQLAlchemy, for the two URL shapes it takes; any other URL goes through the engine.
-    """
-    from crew.store import SCHEMA_HEAD
-    from crew.store.urls import parse
-
-    target = parse(settings.database_url)
-    if target is None:
-        found = await _engine_revision(settings)
-        if isinstance(found, Check):
-            return found
-        where, sqlite, revision = found
-    else:
-        from crew.store.reads import ReadStore
-
-        where, sqlite = target.display, target.sqlite_path is not None
-        if target.sqlite_path is not None and not Path(target.sqlite_path).exists():
-            return Check(
-                "database", True, where, "not created yet: created and migrated on first use"
-            )
-        store = ReadStore.open(settings.database_url, connections=1)
-        try:
-            async with asyncio.timeout(CHECK_TIMEOUT_S * 2):
-                revision = await store.schema_revision()
-        except TimeoutError:
-            return Check("database", False, where, "the database did not answer in time")
-        except CrewError as error:
-            return Check("database", False, where, error.message)
-        finally:
-            await store.close()
-    if revision == SCHEMA_HEAD:
-        return Check("database", True, where, f"schema at {revision} (current)")
-    state = "empty" if revision is None else f"schema at {revision}"
-    if sqlite:
-        return Check(
-            "database",
-            True,
-            where,
-            f"{state}; this crew needs {SCHEMA_HEAD}: upgraded automatically on first use",
-        )
-    return Check(
-        "database", False, where, f"{state}; this crew needs {SCHEMA_HEAD}: run `crew db upgrade`"
-    )
-
-
-async def _engine_revision(settings: Settings) -> Check | tuple[str, bool, str | None]:
-    """(where, is SQLite, revision) through the async engine, or the failed Check."""
-    from crew.store.database import (
-        SQLITE,
-        create_engine,
-        display_url,
-        parse_url,
-        schema_revision,
-        sqlite_file,
-    )
-    from crew.store.errors import unavailable_on_failure
-
-    try:
-        parsed = parse_url(settings.database_url)
-    except CrewError as error:
-        return Check("database", False, "DATABASE_URL", error.message)
-    where = display_url(parsed)
-    sqlite = parsed.drivername == SQLITE
-    if sqlite:
-        path = sqlite_file(parsed)
-        if path is not None and not path.exists():
-            return Check(
-                "database", True, where, "not created yet: created and migrated on first use"
-            )
-    engine = create_engine(settings.database_url)
-    try:
-        with unavailable_on_failure(where, connecting=True):
-            async with asyncio.timeout(CHECK_TIMEOUT_S * 2), engine.connect() as connection:
-                revision = await schema_revision(connection)
-    except TimeoutError:
-        return Check("database", False, where, "the database did not answer in time")
-    except CrewError as error:
-        return Check("database", False, where, error.message)
-    finally:
-        await engine.dispose()
-    return where, sqlite, revision
+    health = await store_check(settings.database_url, timeout_s=CHECK_TIMEOUT_S * 2)
+    return Check("database", health.ok, health.where, health.detail)
 
 
 async def diagnose(
