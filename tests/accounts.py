@@ -14,7 +14,7 @@ import pytest
 
 
 def assert_totals_are_the_sum_of_calls(store: Any, run_id: str) -> list[Any]:
-    """Check the identity on a run of `store` (test_engine_support.Store); returns the
+    """Check the identity on a run of `store` (engine_support.Store); returns the
     LLM_CALL events."""
     run = store.run(run_id)
     calls = [e for e in store.events(run_id) if e.type == "LLM_CALL"]

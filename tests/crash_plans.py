@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from test_engine_support import n, plan_dict
+from engine_support import n, plan_dict
 
 SIDECAR_TIMINGS = {"latency_ms", "elapsed_ms", "started_at", "ended_at"}
 SUMMARY_TIMINGS = {"duration_ms"}

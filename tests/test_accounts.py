@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from accounts import assert_totals_are_the_sum_of_calls
 from click.testing import Result
+from engine_support import Store, setup_cli_env, use_provider
 from fakes import ScriptedProvider
 from llm_servers import OllamaServer, OpenAIServer, RecordedRequest, Reply, openai_error_reply
-from test_engine_support import Store, setup_cli_env, use_provider
 from typer.testing import CliRunner
 
 from crew.cli.main import app

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_engine_support import Store, harness, n, plan_dict, setup_cli_env
+from engine_support import Store, harness, n, plan_dict, setup_cli_env
 from typer.testing import CliRunner
 
 from crew.cli.main import app

@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 from click.testing import Result
-from fakes import ScriptedProvider, unavailable
-from test_engine_support import (
+from engine_support import (
     Store,
     calls_by_node,
     keyed,
@@ -21,6 +20,7 @@ from test_engine_support import (
     setup_cli_env,
     use_provider,
 )
+from fakes import ScriptedProvider, unavailable
 from typer.testing import CliRunner
 
 from crew.cli.main import app

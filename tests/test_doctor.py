@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
+from engine_support import setup_cli_env
 from llm_servers import OllamaServer, OpenAIServer, refused_url
-from test_engine_support import setup_cli_env
 from typer.testing import CliRunner
 
 from crew.cli.main import app

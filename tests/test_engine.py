@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import ScriptedProvider, unavailable
-from test_engine_support import (
+from engine_support import (
     TERMINAL,
     Harness,
     calls_by_node,
@@ -28,6 +27,7 @@ from test_engine_support import (
     plan_dict,
     read_json,
 )
+from fakes import ScriptedProvider, unavailable
 
 from crew.agents.prompts import render
 from crew.domain.errors import ConflictError, InvalidInputError

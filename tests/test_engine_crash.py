@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_engine_support import TERMINAL, Store, n, plan_dict, setup_cli_env
+from engine_support import TERMINAL, Store, n, plan_dict, setup_cli_env
 from typer.testing import CliRunner
 
 from crew.cli.main import app

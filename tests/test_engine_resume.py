@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import ScriptedProvider, unavailable
-from test_engine_support import (
+from engine_support import (
     TERMINAL,
     calls_by_node,
     harness,
@@ -27,6 +26,7 @@ from test_engine_support import (
     plan_dict,
     read_json,
 )
+from fakes import ScriptedProvider, unavailable
 
 from crew.engine.service import execute_run
 from crew.llm.base import LLMRequest

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 from click.testing import Result
+from engine_support import Store, keyed, n, plan_dict, setup_cli_env, use_provider
 from fakes import ScriptedProvider, unavailable
-from test_engine_support import Store, keyed, n, plan_dict, setup_cli_env, use_provider
 from typer.testing import CliRunner
 
 from crew.cli.main import app

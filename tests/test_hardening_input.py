@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from click.testing import Result
-from test_engine_support import n, plan_dict, setup_cli_env
+from engine_support import n, plan_dict, setup_cli_env
 from typer.testing import CliRunner
 
 from crew.cli.main import app

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 from click.testing import Result
+from engine_support import setup_cli_env
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from test_engine_support import setup_cli_env
 from typer.testing import CliRunner
 
 from crew.cli.main import app

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 from click.testing import Result
+from engine_support import Store, setup_cli_env
 from llm_servers import OpenAIServer, RecordedRequest, Reply
-from test_engine_support import Store, setup_cli_env
 from typer.testing import CliRunner
 
 from crew.cli.main import app

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from click.testing import Result
+from engine_support import Store, setup_cli_env
 from llm_servers import (
     FakeLLMServer,
     OllamaServer,
@@ -27,7 +28,6 @@ from llm_servers import (
     openai_error_reply,
     rate_limited,
 )
-from test_engine_support import Store, setup_cli_env
 from typer.testing import CliRunner
 
 from crew.cli.main import app

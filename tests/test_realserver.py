@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from accounts import assert_totals_are_the_sum_of_calls
 from click.testing import Result
+from engine_support import Store, setup_cli_env
 from realserver import MODEL_ALIAS, N_CTX, RealServer, missing_reason, serving, tiny_model
-from test_engine_support import Store, setup_cli_env
 from typer.testing import CliRunner
 
 from crew.cli.main import app

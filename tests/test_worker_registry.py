@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from api_helpers import H, api
-from test_engine_support import harness, n, plan_dict, setup_cli_env
+from engine_support import harness, n, plan_dict, setup_cli_env
 from typer.testing import CliRunner
 
 from crew.cli.main import app

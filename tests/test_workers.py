@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
-from test_engine_support import n, plan_dict
+from engine_support import n, plan_dict
 from worker_procs import (
     API_KEY,
     Db,
@@ -473,7 +473,7 @@ async def interleave_writers(repo: Any, run_id: str, fence: Any, rounds: int) ->
 async def test_a_follower_never_misses_an_event_of_concurrent_writers(
     tmp_path: Path, pg_url: str
 ) -> None:
-    from test_engine_support import harness
+    from engine_support import harness
 
     async with harness(tmp_path, pg_url) as h:
         run_id = await h.create(PAIR)
@@ -656,7 +656,7 @@ def test_worker_metrics_port_in_use_is_a_clear_error(
 ) -> None:
     import socket
 
-    from test_engine_support import setup_cli_env
+    from engine_support import setup_cli_env
     from typer.testing import CliRunner
 
     from crew.cli.main import app
@@ -673,7 +673,7 @@ def test_worker_metrics_port_in_use_is_a_clear_error(
 
 
 async def test_a_finished_run_keeps_no_lease_expiry(tmp_path: Path, db_url: str) -> None:
-    from test_engine_support import harness
+    from engine_support import harness
 
     async with harness(tmp_path, db_url) as h:
         outcome = await h.run(PAIR)
@@ -687,8 +687,8 @@ async def test_once_worker_gives_its_runs_back_when_the_queue_cannot_be_read(
 ) -> None:
     """`crew worker --once` stops when it cannot read the queue; the run it is executing
     goes back to the queue instead of being cut off as `interrupted` at exit."""
+    from engine_support import harness, offline_text
     from fakes import ScriptedProvider
-    from test_engine_support import harness, offline_text
 
     from crew.domain.errors import DatabaseUnavailableError
     from crew.engine.worker import Worker
@@ -725,7 +725,7 @@ async def test_once_worker_gives_its_runs_back_when_the_queue_cannot_be_read(
 async def test_a_worker_whose_loop_failed_runs_again(tmp_path: Path, sqlite_url: str) -> None:
     """crew serve restarts its embedded worker when its loop fails: the restarted loop
     claims runs again."""
-    from test_engine_support import harness
+    from engine_support import harness
 
     from crew.engine.worker import Worker
 
@@ -757,7 +757,7 @@ async def test_a_worker_whose_loop_failed_runs_again(tmp_path: Path, sqlite_url:
 async def test_a_worker_with_a_fast_clock_leaves_live_runs_alone(
     tmp_path: Path, db_url: str
 ) -> None:
-    from test_engine_support import harness
+    from engine_support import harness
 
     async with harness(tmp_path, db_url) as h:
         run_id = await h.create(PAIR)
@@ -776,8 +776,8 @@ async def test_a_worker_that_takes_its_own_run_back_keeps_track_of_it(
     """A worker stalled past its own lease (a long pause of the whole process) may claim
     the run it is executing: the old execution stops at its next fenced write, and the
     new one must stay the worker's (held, drained and released on shutdown)."""
+    from engine_support import harness, offline_text
     from fakes import ScriptedProvider
-    from test_engine_support import harness, offline_text
 
     from crew.engine.worker import Worker
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from engine_support import CLEAN_ENV_PREFIXES
 from sqlalchemy import select
-from test_engine_support import CLEAN_ENV_PREFIXES
 
 from crew.domain.plan import parse_plan
 from crew.engine.options import RunOptions
