@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from crew.domain.errors import CrewError
@@ -136,9 +136,12 @@ class RunFiles:
         A run continued on another machine (its own RUNS_ROOT), or whose file someone
         deleted, gets its local copy back; returns True when something was written.
         """
-        path = self.runs_root / relative
-        if not path.resolve().is_relative_to(self.folder.resolve()):
+        # A lexical check, not resolve(): a resume restores thousands of files, and the
+        # rows are the engine's own (node keys cannot hold a separator or `..`).
+        parts = PurePosixPath(relative).parts
+        if not parts or parts[0] != self.run_id or ".." in parts or "\x00" in relative:
             raise ValueError(f"artifact path {relative!r} is outside run {self.run_id}")
+        path = self.runs_root / relative
         data = content.encode("utf-8")
         try:
             if path.read_bytes() == data:
