@@ -346,13 +346,7 @@ class RunLifecycle:
 
     async def _stop(self, status: RunStatus) -> None:
         """Stop in-flight nodes and leave the run `interrupted` (resumable) or `canceled`."""
-        self._releasing = True
-        tasks = list(self._running)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        in_flight = await self._still_unfinished([self.states[k] for k in self._running.values()])
-        self._running.clear()
+        in_flight = await self._cut_in_flight()
         canceled = status == RunStatus.CANCELED
         stopped = in_flight + (
             [s for s in self.states.values() if s.status == NodeStatus.PENDING] if canceled else []
@@ -394,6 +388,18 @@ class RunLifecycle:
             await writer.release_run(run_id, owner)
 
         await self.journal.commit(event, apply=apply)
+
+    async def _cut_in_flight(self) -> list[NodeState]:
+        """Start recording the run's end: stop the nodes in flight; those that did not
+        complete (see `_still_unfinished`)."""
+        self._releasing = True
+        tasks = list(self._running)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        in_flight = await self._still_unfinished([self.states[k] for k in self._running.values()])
+        self._running.clear()
+        return in_flight
 
     async def _still_unfinished(self, states: list[NodeState]) -> list[NodeState]:
         """The cancelled nodes that did not complete.
@@ -457,13 +463,7 @@ class RunLifecycle:
         What a deploy does to a run: nothing is lost and nobody has to resume it; the
         next executor to claim it continues from the completed nodes.
         """
-        self._releasing = True
-        tasks = list(self._running)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        in_flight = await self._still_unfinished([self.states[k] for k in self._running.values()])
-        self._running.clear()
+        in_flight = await self._cut_in_flight()
         for state in in_flight:
             state.status = NodeStatus.PENDING
         ids = [s.node_id for s in self.states.values() if s.status == NodeStatus.RUNNING]
