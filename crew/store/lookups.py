@@ -16,9 +16,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
-from crew.domain.errors import AmbiguousIdError, NotFoundError
 from crew.store.models import artifacts_table, events_table, nodes_table, runs_table
-from crew.store.reads import AMBIGUOUS_SHOWN
+from crew.store.reads import AMBIGUOUS_SHOWN, only_match
 from crew.store.records import ArtifactRecord, EventRecord, NodeRecord, RunProgress, RunRecord
 
 
@@ -51,17 +50,8 @@ class Lookups:
             .order_by(c.id)
             .limit(AMBIGUOUS_SHOWN + 1)
         )
-        matches = [row["id"] for row in await self._all(stmt)] if prefix else []
-        if not matches:
-            raise NotFoundError(f"no run matches {prefix!r}")
-        if len(matches) > 1:
-            shown = matches[:AMBIGUOUS_SHOWN]
-            more = " (and more)" if len(matches) > AMBIGUOUS_SHOWN else ""
-            raise AmbiguousIdError(
-                f"run id prefix {prefix!r} matches several runs{more}; give more characters",
-                problems=shown,
-            )
-        return str(matches[0])
+        matches = [str(row["id"]) for row in await self._all(stmt)] if prefix else []
+        return only_match(prefix, matches)
 
     async def list_runs(
         self, *, status: str | None = None, limit: int = 50, offset: int = 0

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crew.domain.errors import AmbiguousIdError, MigrationRequiredError, NotFoundError
+from crew.domain.limits import quote_cut
 from crew.store import SCHEMA_HEAD
 from crew.store.read_backends import (
     PG_READERS,
@@ -68,6 +69,20 @@ if TYPE_CHECKING:
 TERMINAL_RUN_STATUSES = ("completed", "failed", "canceled", "interrupted")
 AMBIGUOUS_SHOWN = 5
 """Run ids quoted when a prefix matches several."""
+
+
+def only_match(prefix: str, matches: Sequence[str]) -> str:
+    """The one run id of `matches` (ids starting with `prefix`, at most
+    AMBIGUOUS_SHOWN + 1 of them), or the error saying there is none or several."""
+    if not matches:
+        raise NotFoundError(f"no run matches {quote_cut(prefix)}")
+    if len(matches) > 1:
+        more = " (and more)" if len(matches) > AMBIGUOUS_SHOWN else ""
+        raise AmbiguousIdError(
+            f"run id prefix {quote_cut(prefix)} matches several runs{more}; give more characters",
+            problems=list(matches[:AMBIGUOUS_SHOWN]),
+        )
+    return matches[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,17 +165,7 @@ class ReadStore:
         )
         if exact:
             return prefix
-        matches = [str(row["id"]) for row in matching]
-        if not matches:
-            raise NotFoundError(f"no run matches {prefix!r}")
-        if len(matches) > 1:
-            shown = matches[:AMBIGUOUS_SHOWN]
-            more = " (and more)" if len(matches) > AMBIGUOUS_SHOWN else ""
-            raise AmbiguousIdError(
-                f"run id prefix {prefix!r} matches several runs{more}; give more characters",
-                problems=shown,
-            )
-        return matches[0]
+        return only_match(prefix, [str(row["id"]) for row in matching])
 
     async def recent_runs(
         self, status: str | None, limit: int
