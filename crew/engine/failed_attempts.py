@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from crew.domain.events import EventLevel, EventType
 from crew.engine.budget import RunBudget
-from crew.engine.files import RunFiles, artifact_row, to_json_text
+from crew.engine.files import RunFiles, WrittenFile, artifact_row, to_json_text
 from crew.engine.journal import EngineEvent, Journal
 from crew.engine.sidecar import build_sidecar, usage_of
 from crew.engine.state import NodeState
@@ -37,6 +37,10 @@ class AttemptRecorder(Protocol):
     def role_kind(self, state: NodeState) -> str: ...
 
     def llm_event(self, state: NodeState, call: CallResult) -> EngineEvent: ...
+
+    def artifact_event(
+        self, state: NodeState, written: WrittenFile, kind: str, note: str = ""
+    ) -> EngineEvent: ...
 
     def count_calls(self, calls: Iterable[CallResult]) -> None: ...
 
@@ -71,16 +75,7 @@ async def record_failed_attempt(
     events = [work.llm_event(state, call) for call in calls]
     events.extend(overshoot_events(journal, work.client, state))
     events.append(
-        journal.event(
-            EventType.ARTIFACT_CREATED,
-            f"node {state.key} wrote {written.relative} (failed attempt {state.attempts})",
-            node_id=state.node_id,
-            node_key=state.key,
-            artifact_type="sidecar",
-            path=written.relative,
-            size=written.size,
-            sha256=written.sha256,
-        )
+        work.artifact_event(state, written, "sidecar", f" (failed attempt {state.attempts})")
     )
     run_id, node_id = work.run_id, state.node_id
     row = artifact_row(run_id, node_id, "sidecar", written, content=text, summary=error[:280])

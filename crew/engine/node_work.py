@@ -313,19 +313,8 @@ class NodeWork:
         events = [self.llm_event(state, call) for call in calls]
         events.extend(overshoot_events(journal, self.client, state))
         events.extend(extra_events)
-        for written, kind in ((main, main_type), (sidecar, "sidecar")):
-            events.append(
-                journal.event(
-                    EventType.ARTIFACT_CREATED,
-                    f"node {state.key} wrote {written.relative}",
-                    node_id=state.node_id,
-                    node_key=state.key,
-                    artifact_type=kind,
-                    path=written.relative,
-                    size=written.size,
-                    sha256=written.sha256,
-                )
-            )
+        events.append(self.artifact_event(state, main, main_type))
+        events.append(self.artifact_event(state, sidecar, "sidecar"))
         events.append(
             journal.event(
                 EventType.NODE_COMPLETED,
@@ -373,6 +362,21 @@ class NodeWork:
         state.status = NodeStatus.COMPLETED
         state.checksum = checksum
         self.count_calls(calls)
+
+    def artifact_event(
+        self, state: NodeState, written: WrittenFile, kind: str, note: str = ""
+    ) -> EngineEvent:
+        """ARTIFACT_CREATED for a file of this node (`note` ends the message)."""
+        return self.journal.event(
+            EventType.ARTIFACT_CREATED,
+            f"node {state.key} wrote {written.relative}{note}",
+            node_id=state.node_id,
+            node_key=state.key,
+            artifact_type=kind,
+            path=written.relative,
+            size=written.size,
+            sha256=written.sha256,
+        )
 
     def llm_event(self, state: NodeState, call: CallResult) -> EngineEvent:
         return self.journal.event(
