@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from _api_data import finished_runs
+from _postgres import wipe_postgres
 
 RUNS = 10_000
 EVENTS = 100_000
@@ -107,21 +108,7 @@ async def build_database(url: str) -> str:
 
 
 def reset_postgres(url: str) -> None:
-    """An empty public schema, then crew's migrations (PostgreSQL is never auto-migrated)."""
-    import asyncpg
-
-    from crew.store import migrate
-
-    async def reset() -> None:
-        conn = await asyncpg.connect("postgresql://" + url.split("://", 1)[1])
-        try:
-            await conn.execute("DROP SCHEMA IF EXISTS public CASCADE")
-            await conn.execute("CREATE SCHEMA public")
-        finally:
-            await conn.close()
-
-    asyncio.run(reset())
-    migrate.upgrade(url)
+    asyncio.run(wipe_postgres(url))
 
 
 def settle_postgres(url: str) -> None:

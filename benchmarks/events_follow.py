@@ -33,6 +33,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from _postgres import wipe_postgres
+
 TARGET_P50_MS = 100.0
 RUN_ID = "follow-bench"
 OBSERVER_INTERVAL_S = 0.001
@@ -103,17 +105,7 @@ class CommitObserver(threading.Thread):
 
 
 def reset_postgres(url: str) -> None:
-    import asyncpg
-
-    async def reset() -> None:
-        conn = await asyncpg.connect("postgresql://" + url.split("://", 1)[1])
-        try:
-            await conn.execute("DROP SCHEMA IF EXISTS public CASCADE")
-            await conn.execute("CREATE SCHEMA public")
-        finally:
-            await conn.close()
-
-    asyncio.run(reset())
+    asyncio.run(wipe_postgres(url))
 
 
 def crew(args: list[str], env: dict[str, str], cwd: Path) -> None:

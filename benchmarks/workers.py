@@ -41,6 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from _postgres import wipe_postgres
 from sqlalchemy import func, select, update
 
 from crew.domain.plan import Plan, parse_plan
@@ -96,23 +97,6 @@ def long_chain(length: int) -> Plan:
 
 
 # ---- processes and the database ------------------------------------------------------------
-
-
-async def wipe_postgres(url: str) -> None:
-    """An empty `public` schema, migrated to head."""
-    import asyncpg
-    from sqlalchemy.engine import make_url
-
-    from crew.store import migrate
-
-    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    connection = await asyncpg.connect(dsn)
-    try:
-        await connection.execute("DROP SCHEMA IF EXISTS public CASCADE")
-        await connection.execute("CREATE SCHEMA public")
-    finally:
-        await connection.close()
-    await asyncio.to_thread(migrate.upgrade, url)
 
 
 class Workers:
