@@ -85,3 +85,12 @@ def test_detach_queues_the_run_and_a_worker_executes_it(
     assert refused.exit_code == 2 and "--detach" in refused.stderr
     bad = runner.invoke(app, ["worker", "--max-runs", "0"])
     assert bad.exit_code == 2 and "--max-runs" in bad.stderr
+    for flags, named in (
+        (["--name", ""], "--name"),
+        (["--name", "a\nb"], "--name"),
+        (["--metrics-port", "0"], "--metrics-port"),
+        (["--metrics-port", "70000"], "--metrics-port"),
+    ):
+        refused_flag = runner.invoke(app, ["worker", "--once", *flags])
+        assert refused_flag.exit_code == 2 and named in refused_flag.stderr, flags
+        assert "Traceback" not in refused_flag.output
